@@ -1,0 +1,107 @@
+"""Config keys of vilseg_d2. Each ``add_*_config`` only adds keys, as Detectron2's own do."""
+
+from detectron2.config import CfgNode as CN
+
+
+def add_vilseg_backbone_config(cfg: CN) -> None:
+    """Add the keys of the open_clip ViT backbones (``D2OpenCLIPViT``, ``D2OpenCLIPViTPyramid``).
+
+    Other Detectron2 projects call only this one to use the backbone.
+    """
+    cfg.MODEL.OPEN_CLIP = CN()
+    # Any open_clip model name (``open_clip.list_models()``) or one shipped in
+    # vilseg_d2/model_configs (e.g. "ViLSeg-Tiny").
+    cfg.MODEL.OPEN_CLIP.MODEL_NAME = "ViT-B-16"
+    # "" = random init (the paper trains from scratch); an open_clip pretrained tag
+    # (e.g. "openai", "laion2b_s34b_b88k"); or a local checkpoint path.
+    cfg.MODEL.OPEN_CLIP.PRETRAINED = ""
+    # Where open_clip caches downloaded weights ("" = its default).
+    cfg.MODEL.OPEN_CLIP.CACHE_DIR = ""
+
+    cfg.MODEL.CLIP_VIT = CN()
+    # "emb": per-token embeddings in the joint space (proj(ln_post(token))), D channels.
+    # "res": the raw token features of the last block, the tower's width channels.
+    cfg.MODEL.CLIP_VIT.OUT_FEATURES = ["emb"]
+    # Replace the patch projection with stride-2 3x3 convs (same total stride as the patch).
+    # Small from-scratch configs learn far faster with it; the paper config keeps the plain ViT.
+    cfg.MODEL.CLIP_VIT.CONV_STEM = False
+    cfg.MODEL.CLIP_VIT.CONV_STEM_WIDTH = 64
+    cfg.MODEL.CLIP_VIT.GRAD_CHECKPOINTING = False
+    cfg.MODEL.CLIP_VIT.FREEZE = False
+
+    # The multi-scale variant, on Detectron2's SimpleFeaturePyramid (ViTDet).
+    cfg.MODEL.CLIP_VIT_PYRAMID = CN()
+    cfg.MODEL.CLIP_VIT_PYRAMID.IN_FEATURE = "res"
+    cfg.MODEL.CLIP_VIT_PYRAMID.SCALE_FACTORS = [4.0, 2.0, 1.0, 0.5]
+    cfg.MODEL.CLIP_VIT_PYRAMID.OUT_CHANNELS = 256
+    cfg.MODEL.CLIP_VIT_PYRAMID.NORM = "LN"
+    # Adds p6 by max-pooling the coarsest level (Detectron2's LastLevelMaxPool).
+    cfg.MODEL.CLIP_VIT_PYRAMID.TOP_BLOCK = True
+
+
+def add_vilseg_config(cfg: CN) -> None:
+    """Add every key ViL-Seg uses (the backbone's included)."""
+    add_vilseg_backbone_config(cfg)
+
+    cfg.MODEL.VILSEG = CN()
+    cfg.MODEL.VILSEG.NUM_CLUSTERS = 25
+    # Output dim of the projection head Phi_a of the vision (multi-crop) contrast.
+    cfg.MODEL.VILSEG.PROJ_DIM = 2048
+    cfg.MODEL.VILSEG.PROJ_HIDDEN_DIM = 0  # 0 = the paper's single linear layer
+    # Global image embedding e_v: "mean" of the per-pixel embeddings (paper) or "cls" token.
+    cfg.MODEL.VILSEG.GLOBAL_POOL = "mean"
+    # Loss weights; 0 ablates the objective and skips its compute.
+    cfg.MODEL.VILSEG.VISION_WEIGHT = 1.0
+    cfg.MODEL.VILSEG.CROSS_WEIGHT = 1.0
+    cfg.MODEL.VILSEG.CLUSTER_WEIGHT = 1.0
+    # Cross-modal contrast: logit scale = exp(param), init 1/0.07, clamped at MAX_LOGIT_SCALE.
+    cfg.MODEL.VILSEG.INIT_LOGIT_SCALE = 1 / 0.07
+    cfg.MODEL.VILSEG.MAX_LOGIT_SCALE = 100.0
+    # Vision contrast (DINO recipe around the self-distillation loss).
+    cfg.MODEL.VILSEG.STUDENT_TEMP = 0.1
+    cfg.MODEL.VILSEG.TEACHER_TEMP = 0.07
+    cfg.MODEL.VILSEG.WARMUP_TEACHER_TEMP = 0.04
+    cfg.MODEL.VILSEG.WARMUP_TEACHER_TEMP_ITERS = 4000
+    cfg.MODEL.VILSEG.CENTER_MOMENTUM = 0.9
+    # Clustering: True stops L_cluster's gradient at the encoder (head-only training).
+    cfg.MODEL.VILSEG.DETACH_CLUSTER_ENCODER = False
+
+    # Inference.
+    cfg.MODEL.VILSEG.INFERENCE_MODE = "online"  # "online" | "kmeans" | "dense"
+    cfg.MODEL.VILSEG.KMEANS_ITERS = 20
+    cfg.MODEL.VILSEG.KMEANS_SEED = 0
+    # Pixels whose best class probability is below this go to class 0 (the background);
+    # 0 disables it.
+    cfg.MODEL.VILSEG.BG_THRESHOLD = 0.0
+    # Sliding-window inference for large images: window side in pixels (0 = whole image).
+    cfg.MODEL.VILSEG.SLIDING_WINDOW_SIZE = 0
+    cfg.MODEL.VILSEG.SLIDING_WINDOW_STRIDE = 0
+
+    # Text side: the open_clip text tower of MODEL.OPEN_CLIP.MODEL_NAME.
+    cfg.MODEL.VILSEG.TEXT = CN()
+    # "single" = "a photo of a {}." as the paper; "imagenet" = CLIP's 80 ImageNet templates.
+    cfg.MODEL.VILSEG.TEXT.TEMPLATES = "single"
+    cfg.MODEL.VILSEG.TEXT.FREEZE = False
+
+    # Training views (DESIGN section 5).
+    cfg.INPUT.VILSEG = CN()
+    cfg.INPUT.VILSEG.GLOBAL_SIZE = 224
+    cfg.INPUT.VILSEG.GLOBAL_SCALE = (0.4, 1.0)
+    cfg.INPUT.VILSEG.NUM_LOCAL_CROPS = 6
+    cfg.INPUT.VILSEG.LOCAL_SIZE = 96
+    cfg.INPUT.VILSEG.LOCAL_SCALE = (0.05, 0.4)
+    # g(x): per-channel x * U(1-m, 1+m) + U(-a, a) * 255, then a horizontal flip with prob FLIP_PROB.
+    cfg.INPUT.VILSEG.COLOR_MUL = 0.2
+    cfg.INPUT.VILSEG.COLOR_ADD = 0.1
+    cfg.INPUT.VILSEG.FLIP_PROB = 0.5
+
+    # Caption data: records that cannot be read are skipped and counted; the run stops when the
+    # skipped fraction passes this limit (after MIN_RECORDS_FOR_SKIP_CHECK records).
+    cfg.DATALOADER.MAX_SKIP_FRACTION = 0.1
+    cfg.DATALOADER.MIN_RECORDS_FOR_SKIP_CHECK = 100
+
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    cfg.SOLVER.BETAS = (0.9, 0.98)
+    cfg.SOLVER.EPS = 1e-6
+    # "bf16" | "fp16" (CUDA only) for the AMP autocast dtype; enable with SOLVER.AMP.ENABLED.
+    cfg.SOLVER.AMP.DTYPE = "bf16"

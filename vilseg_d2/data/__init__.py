@@ -1,0 +1,1 @@
+"""Caption training data, evaluation datasets and the synthetic caption world."""

@@ -1,0 +1,1 @@
+"""Evaluation on top of Detectron2's SemSegEvaluator."""
