@@ -6,3 +6,23 @@ import open_clip
 
 # Ship small open_clip architectures (e.g. "ViLSeg-Tiny") next to open_clip's own.
 open_clip.add_model_config(os.path.join(os.path.dirname(os.path.dirname(__file__)), "model_configs"))
+
+from .backbone import D2OpenCLIPViT, D2OpenCLIPViTPyramid  # noqa: E402
+from .clustering_head import ViLSegClusteringHead  # noqa: E402
+from .losses import cross_modal_contrastive_loss, mutual_information_loss, self_distillation_loss  # noqa: E402
+from .meta_arch import ViLSeg  # noqa: E402
+from .projection_head import ViLSegProjectionHead  # noqa: E402
+from .text_encoder import ViLSegTextEncoder, parse_vocabulary  # noqa: E402
+
+__all__ = [
+    "D2OpenCLIPViT",
+    "D2OpenCLIPViTPyramid",
+    "ViLSegClusteringHead",
+    "ViLSegProjectionHead",
+    "ViLSegTextEncoder",
+    "ViLSeg",
+    "cross_modal_contrastive_loss",
+    "self_distillation_loss",
+    "mutual_information_loss",
+    "parse_vocabulary",
+]

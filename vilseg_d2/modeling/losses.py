@@ -1,0 +1,91 @@
+"""ViL-Seg's three objectives as pure functions (DESIGN section 4). All reductions in (at least) fp32."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["cross_modal_contrastive_loss", "self_distillation_loss", "mutual_information_loss"]
+
+
+def _fp32(x: torch.Tensor) -> torch.Tensor:
+    """At least fp32 (bf16/fp16 autocast outputs go up; fp64 stays)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def cross_modal_contrastive_loss(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor | float
+) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE (paper eq. 3-4), image i and text i being the positive pair.
+
+    In distributed training pass the features gathered from all processes (with gradients), so
+    that every image sees the global batch's captions as negatives.
+
+    Args:
+        image_emb: B x D image embeddings (any norm; L2-normalised here).
+        text_emb: B x D text embeddings.
+        logit_scale: the already-exponentiated scalar 1/tau.
+
+    Returns:
+        scalar: mean of CE(image -> text) and CE(text -> image).
+    """
+    if image_emb.shape != text_emb.shape:
+        raise ValueError(f"image_emb {tuple(image_emb.shape)} and text_emb {tuple(text_emb.shape)} differ.")
+    img = F.normalize(_fp32(image_emb), dim=-1)
+    txt = F.normalize(_fp32(text_emb), dim=-1)
+    logits = logit_scale * img @ txt.t()  # B x B
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+
+
+def self_distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    center: torch.Tensor,
+    student_temp: float,
+    teacher_temp: float,
+) -> torch.Tensor:
+    """Cross-entropy between the global view's and the local views' projected distributions (eq. 2).
+
+    Args:
+        student_logits: V x B x P, Phi_a of the V local views.
+        teacher_logits: B x P, Phi_a of the global view; no gradient flows into it.
+        center: P (or 1 x P), DINO's running center of the teacher logits.
+        student_temp: temperature of the student softmax (0.1).
+        teacher_temp: temperature of the centred teacher softmax (0.04 -> 0.07).
+
+    Returns:
+        scalar: mean over views and batch of sum_p -softmax((t - c)/T_t)_p log_softmax(s/T_s)_p.
+    """
+    if student_logits.dim() != 3 or student_logits.shape[1:] != teacher_logits.shape:
+        raise ValueError(
+            f"student_logits must be V x B x P and teacher_logits B x P; got {tuple(student_logits.shape)} "
+            f"and {tuple(teacher_logits.shape)}."
+        )
+    teacher = F.softmax((_fp32(teacher_logits.detach()) - _fp32(center)) / teacher_temp, dim=-1)  # B x P
+    log_student = F.log_softmax(_fp32(student_logits) / student_temp, dim=-1)  # V x B x P
+    return -(teacher.unsqueeze(0) * log_student).sum(dim=-1).mean()
+
+
+def mutual_information_loss(p: torch.Tensor, p_tf: torch.Tensor, eps: float = sys.float_info.epsilon) -> torch.Tensor:
+    """IIC's invariant-information loss (paper eq. 6-8), equal to IIC's reference ``IID_loss``.
+
+    Args:
+        p: N x C soft cluster assignments of N pixels (rows sum to 1).
+        p_tf: N x C assignments of the same pixels in the transformed view (flip already undone).
+        eps: values of J and its marginals below it are clamped to it.
+
+    Returns:
+        scalar: -I(J) = -sum_cc' J_cc' (ln J_cc' - ln J_c - ln J_c').
+    """
+    if p.shape != p_tf.shape or p.dim() != 2:
+        raise ValueError(f"p and p_tf must both be N x C; got {tuple(p.shape)} and {tuple(p_tf.shape)}.")
+    joint = _fp32(p).t() @ _fp32(p_tf)  # C x C, sum_n p_n p_tf_n^T
+    joint = (joint + joint.t()) / 2
+    joint = joint / joint.sum()
+    p_i = joint.sum(dim=1, keepdim=True).clamp(min=eps)  # C x 1
+    p_j = joint.sum(dim=0, keepdim=True).clamp(min=eps)  # 1 x C
+    joint = joint.clamp(min=eps)
+    return -(joint * (joint.log() - p_i.log() - p_j.log())).sum()

@@ -1,0 +1,405 @@
+"""``ViLSeg``: the meta-architecture of the paper (training objectives and the three inference modes)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_sem_seg_head
+from detectron2.modeling.postprocessing import sem_seg_postprocess
+from detectron2.structures import ImageList
+from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
+from open_clip.loss import gather_features
+from torch import nn
+
+from .backbone.clip_vit import D2OpenCLIPViT
+from .kmeans import kmeans
+from .losses import cross_modal_contrastive_loss, mutual_information_loss, self_distillation_loss
+from .projection_head import ViLSegProjectionHead
+from .text_encoder import ViLSegTextEncoder
+
+__all__ = ["ViLSeg"]
+
+logger = logging.getLogger(__name__)
+
+INFERENCE_MODES = ("online", "kmeans", "dense")
+
+
+@META_ARCH_REGISTRY.register()
+class ViLSeg(nn.Module):
+    """ViL-Seg: image encoder + text encoder trained with vision-based contrast (L_vision),
+    cross-modal contrast (L_cross) and online clustering by mutual information (L_cluster).
+
+    Training input: a list of dicts with ``image`` (global view, 3 x S x S uint8), ``local_crops``
+    (V tensors 3 x s x s), ``transformed_image`` (g(image), 3 x S x S), ``flip`` (bool) and
+    ``caption`` (str). Returns ``{"loss_vision", "loss_cross", "loss_cluster"}``, each already
+    multiplied by its weight; a weight of 0 drops the loss and skips its computation.
+
+    Inference input: Detectron2's usual dicts (``image`` 3 x H x W, optional ``height``/``width``)
+    plus optionally ``vocabulary`` (list of class names) or ``dataset_name`` (its metadata's
+    ``stuff_classes``); otherwise the model's default vocabulary (:meth:`set_vocabulary`).
+    Output per image: ``{"sem_seg": K x height x width class probabilities, "clusters":
+    height x width long cluster ids}``.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: D2OpenCLIPViT,
+        text_encoder: ViLSegTextEncoder,
+        clustering_head: nn.Module,
+        projection_head: ViLSegProjectionHead,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        vision_weight: float = 1.0,
+        cross_weight: float = 1.0,
+        cluster_weight: float = 1.0,
+        init_logit_scale: float = 1 / 0.07,
+        max_logit_scale: float = 100.0,
+        student_temp: float = 0.1,
+        teacher_temp: float = 0.07,
+        warmup_teacher_temp: float = 0.04,
+        warmup_teacher_temp_iters: int = 0,
+        center_momentum: float = 0.9,
+        detach_cluster_encoder: bool = False,
+        global_pool: str = "mean",
+        inference_mode: str = "online",
+        kmeans_iters: int = 20,
+        kmeans_seed: int = 0,
+        bg_threshold: float = 0.0,
+        sliding_window_size: int = 0,
+        sliding_window_stride: int = 0,
+        vocabulary: Optional[Sequence[str]] = None,
+    ):
+        """
+        Args:
+            backbone: a :class:`D2OpenCLIPViT` (needs ``forward_tokens``).
+            text_encoder: the open_clip text tower.
+            clustering_head: Phi_c, e.g. :class:`ViLSegClusteringHead`.
+            projection_head: Phi_a.
+            pixel_mean, pixel_std: per-channel normalisation in the input's channel order.
+            vision_weight, cross_weight, cluster_weight: loss weights (0 ablates).
+            init_logit_scale, max_logit_scale: CLIP's learnable 1/tau, initial value and clamp.
+            student_temp, teacher_temp, warmup_teacher_temp, warmup_teacher_temp_iters: DINO
+                temperatures; the teacher's rises linearly from ``warmup_teacher_temp``.
+            center_momentum: EMA momentum of the teacher center.
+            detach_cluster_encoder: stop L_cluster's gradient at the encoder.
+            global_pool: "mean" of the pixel embeddings (paper) or "cls".
+            inference_mode: "online", "kmeans" or "dense".
+            kmeans_iters, kmeans_seed: the K-means baseline's settings.
+            bg_threshold: > 0 makes class 0 of the vocabulary the background: it is not matched
+                by text, and gets every pixel whose best class probability is below the threshold.
+            sliding_window_size, sliding_window_stride: > 0 segments images larger than the window
+                window by window, averaging the class probabilities where windows overlap.
+            vocabulary: default class names for inference.
+        """
+        super().__init__()
+        if global_pool not in ("mean", "cls"):
+            raise ValueError(f"MODEL.VILSEG.GLOBAL_POOL must be 'mean' or 'cls', got {global_pool!r}.")
+        if inference_mode not in INFERENCE_MODES:
+            raise ValueError(f"MODEL.VILSEG.INFERENCE_MODE must be one of {INFERENCE_MODES}, got {inference_mode!r}.")
+        self.backbone = backbone
+        self.text_encoder = text_encoder
+        self.clustering_head = clustering_head
+        self.projection_head = projection_head
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self.vision_weight = vision_weight
+        self.cross_weight = cross_weight
+        self.cluster_weight = cluster_weight
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(init_logit_scale)))
+        self.max_logit_scale = max_logit_scale
+        self.student_temp = student_temp
+        self.teacher_temp = teacher_temp
+        self.warmup_teacher_temp = warmup_teacher_temp
+        self.warmup_teacher_temp_iters = warmup_teacher_temp_iters
+        self.center_momentum = center_momentum
+        self.register_buffer("center", torch.zeros(1, projection_head.out_dim))  # DINO's teacher center
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))  # training steps seen
+        self.detach_cluster_encoder = detach_cluster_encoder
+        self.global_pool = global_pool
+        self.inference_mode = inference_mode
+        self.kmeans_iters = kmeans_iters
+        self.kmeans_seed = kmeans_seed
+        self.bg_threshold = bg_threshold
+        self.sliding_window_size = sliding_window_size
+        self.sliding_window_stride = sliding_window_stride or max(sliding_window_size * 2 // 3, 1)
+        self.vocabulary = list(vocabulary) if vocabulary else None
+
+    @classmethod
+    def from_config(cls, cfg):
+        backbone = build_backbone(cfg)
+        if not isinstance(backbone, D2OpenCLIPViT):
+            raise ValueError(f"ViLSeg needs MODEL.BACKBONE.NAME = 'D2OpenCLIPViT', got {cfg.MODEL.BACKBONE.NAME!r}.")
+        if "emb" not in backbone.output_shape():
+            raise ValueError("ViLSeg needs the backbone's 'emb' output: include it in MODEL.CLIP_VIT.OUT_FEATURES.")
+        vocabulary = None
+        if cfg.DATASETS.TEST:
+            vocabulary = MetadataCatalog.get(cfg.DATASETS.TEST[0]).get("stuff_classes", None)
+        v = cfg.MODEL.VILSEG
+        return {
+            "backbone": backbone,
+            "text_encoder": ViLSegTextEncoder(cfg),
+            "clustering_head": build_sem_seg_head(cfg, backbone.output_shape()),
+            "projection_head": ViLSegProjectionHead(cfg, in_dim=backbone.embed_dim),
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "vision_weight": v.VISION_WEIGHT,
+            "cross_weight": v.CROSS_WEIGHT,
+            "cluster_weight": v.CLUSTER_WEIGHT,
+            "init_logit_scale": v.INIT_LOGIT_SCALE,
+            "max_logit_scale": v.MAX_LOGIT_SCALE,
+            "student_temp": v.STUDENT_TEMP,
+            "teacher_temp": v.TEACHER_TEMP,
+            "warmup_teacher_temp": v.WARMUP_TEACHER_TEMP,
+            "warmup_teacher_temp_iters": v.WARMUP_TEACHER_TEMP_ITERS,
+            "center_momentum": v.CENTER_MOMENTUM,
+            "detach_cluster_encoder": v.DETACH_CLUSTER_ENCODER,
+            "global_pool": v.GLOBAL_POOL,
+            "inference_mode": v.INFERENCE_MODE,
+            "kmeans_iters": v.KMEANS_ITERS,
+            "kmeans_seed": v.KMEANS_SEED,
+            "bg_threshold": v.BG_THRESHOLD,
+            "sliding_window_size": v.SLIDING_WINDOW_SIZE,
+            "sliding_window_stride": v.SLIDING_WINDOW_STRIDE,
+            "vocabulary": vocabulary,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    @property
+    def num_clusters(self) -> int:
+        return self.clustering_head.num_clusters
+
+    def set_vocabulary(self, class_names: Sequence[str]) -> None:
+        """Set the default vocabulary used when an input names none."""
+        self.vocabulary = list(class_names)
+
+    def scale(self) -> torch.Tensor:
+        """The exponentiated, clamped logit scale 1/tau."""
+        return self.logit_scale.exp().clamp(max=self.max_logit_scale)
+
+    # ------------------------------------------------------------------ training
+
+    def _normalize(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Stack equally sized uint8/float CHW images and normalise: N x 3 x H x W float."""
+        x = torch.stack([im.to(self.device, non_blocking=True) for im in images]).float()
+        return (x - self.pixel_mean) / self.pixel_std
+
+    def _global_embedding(self, tokens: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """e_v, N x D: mean of the pixel embeddings (paper) or the CLS embedding."""
+        if self.global_pool == "cls":
+            return tokens["cls"]
+        return tokens["emb"].mean(dim=(2, 3))
+
+    def _teacher_temperature(self) -> float:
+        step = int(self.num_updates)
+        if step >= self.warmup_teacher_temp_iters:
+            return self.teacher_temp
+        frac = step / max(self.warmup_teacher_temp_iters, 1)
+        return self.warmup_teacher_temp + frac * (self.teacher_temp - self.warmup_teacher_temp)
+
+    @torch.no_grad()
+    def _update_center(self, teacher_logits: torch.Tensor) -> None:
+        """center <- m * center + (1 - m) * mean of the teacher logits over the global batch."""
+        batch_sum = teacher_logits.float().sum(dim=0, keepdim=True)
+        count = torch.tensor([float(teacher_logits.shape[0])], device=batch_sum.device)
+        if comm.get_world_size() > 1:
+            torch.distributed.all_reduce(batch_sum)
+            torch.distributed.all_reduce(count)
+        self.center.mul_(self.center_momentum).add_(batch_sum / count, alpha=1 - self.center_momentum)
+
+    def _gather(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """All processes' embeddings, with gradients (the global batch's negatives), as open_clip."""
+        world = comm.get_world_size()
+        if world == 1:
+            return image_emb, text_emb
+        return gather_features(
+            image_emb, text_emb, local_loss=False, gather_with_grad=True, rank=comm.get_rank(), world_size=world
+        )
+
+    def forward(self, batched_inputs: List[Dict]):
+        if not self.training:
+            return self.inference(batched_inputs)
+        return self.losses(batched_inputs)
+
+    def losses(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor]:
+        """The weighted objectives for one batch (see the class docstring for the inputs)."""
+        batch = len(batched_inputs)
+        views = [x["image"] for x in batched_inputs]
+        if self.cluster_weight > 0:
+            views += [x["transformed_image"] for x in batched_inputs]
+        tokens = self.backbone.forward_tokens(self._normalize(views))
+        global_emb = self._global_embedding(tokens)[:batch]  # B x D
+        losses: Dict[str, torch.Tensor] = {}
+
+        if self.cross_weight > 0:
+            text_emb = self.text_encoder([x["caption"] for x in batched_inputs])  # B x D
+            image_all, text_all = self._gather(global_emb, text_emb)
+            loss = cross_modal_contrastive_loss(image_all, text_all, self.scale())
+            losses["loss_cross"] = self.cross_weight * loss
+
+        if self.vision_weight > 0:
+            num_views = len(batched_inputs[0]["local_crops"])
+            if num_views == 0 or any(len(x["local_crops"]) != num_views for x in batched_inputs):
+                raise ValueError("Every training input needs the same, non-zero number of local_crops.")
+            crops = [x["local_crops"][v] for v in range(num_views) for x in batched_inputs]  # view-major
+            local_emb = self._global_embedding(self.backbone.forward_tokens(self._normalize(crops)))
+            student = self.projection_head(local_emb).view(num_views, batch, -1)  # V x B x P
+            teacher = self.projection_head(global_emb)  # B x P
+            loss = self_distillation_loss(
+                student, teacher, self.center, self.student_temp, self._teacher_temperature()
+            )
+            losses["loss_vision"] = self.vision_weight * loss
+            self._update_center(teacher.detach())
+
+        if self.cluster_weight > 0:
+            emb = tokens["emb"].detach() if self.detach_cluster_encoder else tokens["emb"]
+            probs = self.clustering_head({self.clustering_head.in_feature: emb})  # 2B x C x h x w
+            p, p_tf = probs[:batch], probs[batch:]
+            flips = torch.tensor([bool(x["flip"]) for x in batched_inputs], device=probs.device)
+            p_tf = torch.where(flips.view(-1, 1, 1, 1), p_tf.flip(-1), p_tf)  # undo g's flip
+            c = probs.shape[1]
+            loss = mutual_information_loss(
+                p.permute(0, 2, 3, 1).reshape(-1, c), p_tf.permute(0, 2, 3, 1).reshape(-1, c)
+            )
+            losses["loss_cluster"] = self.cluster_weight * loss
+
+        self.num_updates += 1
+        self._log_scalars()
+        return losses
+
+    def _log_scalars(self) -> None:
+        try:
+            storage = get_event_storage()
+        except AssertionError:  # not inside a trainer
+            return
+        storage.put_scalar("logit_scale", float(self.scale()), smoothing_hint=False)
+        storage.put_scalar("teacher_temp", self._teacher_temperature(), smoothing_hint=False)
+
+    # ------------------------------------------------------------------ inference
+
+    def _vocabulary(self, x: Dict) -> List[str]:
+        if x.get("vocabulary"):
+            return list(x["vocabulary"])
+        if x.get("dataset_name"):
+            classes = MetadataCatalog.get(x["dataset_name"]).get("stuff_classes", None)
+            if classes:
+                return list(classes)
+        if self.vocabulary:
+            return self.vocabulary
+        raise ValueError(
+            "No vocabulary: give the input a 'vocabulary' list, a 'dataset_name' with stuff_classes, "
+            "or call model.set_vocabulary([...]) / set DATASETS.TEST."
+        )
+
+    @torch.no_grad()
+    def inference(self, batched_inputs: List[Dict]) -> List[Dict[str, torch.Tensor]]:
+        """Segment each image with its vocabulary; see the class docstring."""
+        results = []
+        for x in batched_inputs:
+            vocab = self._vocabulary(x)
+            text = self.text_encoder.class_embeddings(vocab[1:] if self.bg_threshold > 0 else vocab)
+            image = self._normalize([x["image"]])[0]  # 3 x H x W
+            H, W = image.shape[-2:]
+            scores, clusters = self.segment(image, text)  # K x H x W, H x W
+            height, width = x.get("height", H), x.get("width", W)
+            sem_seg = sem_seg_postprocess(scores, (H, W), height, width)
+            clusters = F.interpolate(clusters[None, None].float(), size=(height, width), mode="nearest")[0, 0]
+            results.append({"sem_seg": sem_seg, "clusters": clusters.long()})
+        return results
+
+    def segment(self, image: torch.Tensor, text: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Segment one normalised image, whole or window by window.
+
+        Args:
+            image: 3 x H x W normalised image.
+            text: K' x D unit-norm class embeddings (K' = K - 1 with a background threshold).
+
+        Returns:
+            (K x H x W class probabilities, H x W long cluster ids; for "dense", the class ids).
+        """
+        size, stride = self.sliding_window_size, self.sliding_window_stride
+        H, W = image.shape[-2:]
+        if size <= 0 or (H <= size and W <= size):
+            return self._segment_whole(image, text)
+        ys = _window_starts(H, size, stride)
+        xs = _window_starts(W, size, stride)
+        scores = None
+        count = image.new_zeros(1, H, W)
+        clusters = torch.zeros(H, W, dtype=torch.long, device=image.device)
+        for y in ys:
+            for x in xs:
+                crop = image[:, y : y + size, x : x + size]
+                s, c = self._segment_whole(crop, text)
+                if scores is None:
+                    scores = s.new_zeros(s.shape[0], H, W)
+                h, w = crop.shape[-2:]
+                scores[:, y : y + h, x : x + w] += s
+                count[:, y : y + h, x : x + w] += 1
+                clusters[y : y + h, x : x + w] = c
+        return scores / count, clusters
+
+    def _segment_whole(self, image: torch.Tensor, text: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        H, W = image.shape[-2:]
+        patch = self.backbone.size_divisibility
+        padded = ImageList.from_tensors([image], size_divisibility=patch).tensor  # 1 x 3 x Hp x Wp
+        Hp, Wp = padded.shape[-2:]
+        emb = self.backbone.forward_tokens(padded)["emb"].float()  # 1 x D x h x w
+        h, w = emb.shape[-2:]
+        emb_flat = F.normalize(emb[0].flatten(1).t(), dim=-1)  # hw x D
+
+        if self.inference_mode == "dense":
+            logits = self.scale() * (emb_flat @ text.t())  # hw x K'
+            logits = logits.t().reshape(1, -1, h, w)
+            probs = self._with_background(F.interpolate(logits, size=(Hp, Wp), mode="bilinear").softmax(1)[0])
+            probs = probs[:, :H, :W]
+            return probs, probs.argmax(0)
+
+        if self.inference_mode == "online":
+            cluster_logits = self.clustering_head.layers({self.clustering_head.in_feature: emb})[0].float()
+        else:  # kmeans on the unit-norm embeddings; logits = -squared distance to the centroids
+            _, centroids = kmeans(emb_flat, self.num_clusters, self.kmeans_iters, self.kmeans_seed)
+            cluster_logits = -torch.cdist(emb_flat, centroids).pow(2).t().reshape(-1, h, w)
+        num_clusters = cluster_logits.shape[0]
+
+        # Region features (paper: e_rgn = mean of e_pxl over M_c), from token-level assignments;
+        # a cluster that only wins after upsampling falls back to its soft-weighted mean.
+        token_assign = cluster_logits.flatten(1).argmax(0)  # hw
+        weights = F.one_hot(token_assign, num_clusters).float()  # hw x C
+        soft = cluster_logits.flatten(1).t().softmax(-1)  # hw x C
+        empty = weights.sum(0) == 0
+        weights[:, empty] = soft[:, empty]
+        region = F.normalize(weights.t() @ emb_flat, dim=-1)  # C x D
+        region_probs = self._with_background((self.scale() * region @ text.t()).softmax(-1).t())  # K x C
+
+        # Pixel-level assignment: upsample the cluster logits, then each pixel takes its region's scores.
+        up = F.interpolate(cluster_logits[None], size=(Hp, Wp), mode="bilinear")[0, :, :H, :W]
+        assign = up.argmax(0)  # H x W
+        return region_probs[:, assign], assign
+
+    def _with_background(self, probs: torch.Tensor) -> torch.Tensor:
+        """With a background threshold, prepend the constant background score (class 0)."""
+        if self.bg_threshold <= 0:
+            return probs
+        bg = probs.new_full((1,) + probs.shape[1:], self.bg_threshold)
+        return torch.cat([bg, probs], dim=0)
+
+
+def _window_starts(length: int, size: int, stride: int) -> List[int]:
+    """Window offsets covering [0, length) with windows of ``size`` every ``stride``."""
+    if length <= size:
+        return [0]
+    starts = list(range(0, length - size + 1, stride))
+    if starts[-1] + size < length:
+        starts.append(length - size)
+    return starts
