@@ -218,7 +218,8 @@ class ViLSeg(nn.Module):
             torch.distributed.all_reduce(count)
         self.center.mul_(self.center_momentum).add_(batch_sum / count, alpha=1 - self.center_momentum)
 
-    def _gather(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    @staticmethod
+    def _gather(image_emb: torch.Tensor, text_emb: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """All processes' embeddings, with gradients (the global batch's negatives), as open_clip."""
         world = comm.get_world_size()
         if world == 1:

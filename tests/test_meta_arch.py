@@ -1,0 +1,220 @@
+"""ViLSeg: building, one training step, ablations, the flip undo, the three inference modes."""
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.modeling import build_model
+from torch import nn
+
+import vilseg_d2  # noqa: F401
+from vilseg_d2 import add_vilseg_config
+from vilseg_d2.modeling import ViLSeg, ViLSegClusteringHead, ViLSegProjectionHead
+
+from helpers import tiny_cfg
+
+
+def training_batch(batch=4, size=128, local=64, views=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    rand = lambda *s: torch.randint(0, 256, s, dtype=torch.uint8, generator=g)  # noqa: E731
+    return [
+        {
+            "image": rand(3, size, size),
+            "local_crops": [rand(3, local, local) for _ in range(views)],
+            "transformed_image": rand(3, size, size),
+            "flip": i % 2 == 0,
+            "caption": f"a red star and a blue ring {i}",
+        }
+        for i in range(batch)
+    ]
+
+
+def grad_norm(module):
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    return sum(float(g.abs().sum()) for g in grads)
+
+
+def test_paper_config_builds_with_random_init():
+    cfg = get_cfg()
+    add_vilseg_config(cfg)
+    cfg.merge_from_file("configs/vilseg_vitb16.yaml")
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg)
+    assert isinstance(model, ViLSeg)
+    assert model.backbone.patch_size == 16 and model.backbone.embed_dim == 512
+    assert model.num_clusters == 25 and model.projection_head.out_dim == 2048
+    assert model.backbone.conv_stem is None  # the paper keeps the plain ViT
+    head_params = sum(p.numel() for p in model.clustering_head.parameters())
+    assert head_params == 512 * 25 + 25
+
+
+def test_one_training_step_gives_three_finite_losses_and_gradients_everywhere():
+    model = build_model(tiny_cfg())
+    model.train()
+    losses = model(training_batch())
+    assert set(losses) == {"loss_vision", "loss_cross", "loss_cluster"}
+    assert all(torch.isfinite(v) and v.dim() == 0 for v in losses.values())
+    sum(losses.values()).backward()
+    for part in ("backbone", "text_encoder", "clustering_head", "projection_head"):
+        assert grad_norm(getattr(model, part)) > 0, part
+    assert model.logit_scale.grad is not None
+    assert int(model.num_updates) == 1
+    assert model.center.abs().sum() > 0  # DINO center moved
+
+
+def test_cluster_loss_detached_from_encoder():
+    model = build_model(tiny_cfg(MODEL__VILSEG__VISION_WEIGHT=0.0, MODEL__VILSEG__CROSS_WEIGHT=0.0))
+    model.train()
+    model(training_batch())["loss_cluster"].backward()
+    assert grad_norm(model.backbone) > 0  # default: L_cluster trains the encoder too ("tightly coupled")
+
+    model = build_model(
+        tiny_cfg(
+            MODEL__VILSEG__VISION_WEIGHT=0.0,
+            MODEL__VILSEG__CROSS_WEIGHT=0.0,
+            MODEL__VILSEG__DETACH_CLUSTER_ENCODER=True,
+        )
+    )
+    model.train()
+    model(training_batch())["loss_cluster"].backward()
+    assert grad_norm(model.backbone) == 0 and grad_norm(model.clustering_head) > 0
+
+
+def test_zero_weight_skips_the_branch(monkeypatch):
+    model = build_model(tiny_cfg(MODEL__VILSEG__VISION_WEIGHT=0.0, MODEL__VILSEG__CLUSTER_WEIGHT=0.0))
+    model.train()
+    calls = []
+    real = model.backbone.forward_tokens
+    monkeypatch.setattr(model.backbone, "forward_tokens", lambda x: calls.append(tuple(x.shape)) or real(x))
+    losses = model(training_batch(batch=3))
+    assert set(losses) == {"loss_cross"}
+    assert calls == [(3, 3, 128, 128)]  # only the global views: no local crops, no transformed views
+
+
+def test_loss_weights_scale_the_losses():
+    torch.manual_seed(0)
+    a = build_model(tiny_cfg())
+    b = build_model(tiny_cfg(MODEL__VILSEG__CROSS_WEIGHT=2.0, MODEL__VILSEG__CLUSTER_WEIGHT=0.5))
+    b.load_state_dict(a.state_dict())
+    a.train(), b.train()
+    la, lb = a(training_batch()), b(training_batch())
+    assert lb["loss_cross"].item() == pytest.approx(2 * la["loss_cross"].item(), rel=1e-5)
+    assert lb["loss_cluster"].item() == pytest.approx(0.5 * la["loss_cluster"].item(), rel=1e-4, abs=1e-7)
+
+
+class _FlipEquivariantBackbone(nn.Module):
+    """Per-pixel 1x1 conv over 4x4-pooled pixels: commutes with horizontal flips."""
+
+    size_divisibility = 4
+    embed_dim = 8
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 1)
+
+    def forward_tokens(self, x):
+        emb = self.conv(nn.functional.avg_pool2d(x, 4))
+        return {"emb": emb, "cls": emb.mean((2, 3))}
+
+
+def _stub_model():
+    return ViLSeg(
+        backbone=_FlipEquivariantBackbone(),
+        text_encoder=nn.Identity(),
+        clustering_head=ViLSegClusteringHead(in_feature="emb", in_channels=8, num_clusters=5),
+        projection_head=ViLSegProjectionHead(in_dim=8, out_dim=16),
+        pixel_mean=[0.0, 0.0, 0.0],
+        pixel_std=[1.0, 1.0, 1.0],
+        vision_weight=0.0,
+        cross_weight=0.0,
+    ).train()
+
+
+def test_flip_of_the_transformed_view_is_undone_before_the_mi_loss():
+    torch.manual_seed(0)
+    model = _stub_model()
+    image = torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8)
+    same = [{"image": image, "transformed_image": image, "flip": False, "caption": ""}]
+    flipped = [{"image": image, "transformed_image": image.flip(-1), "flip": True, "caption": ""}]
+    wrong = [{"image": image, "transformed_image": image.flip(-1), "flip": False, "caption": ""}]
+    l_same = model(same)["loss_cluster"].item()
+    l_flipped = model(flipped)["loss_cluster"].item()
+    assert l_flipped == pytest.approx(l_same, abs=1e-6)
+    assert model(wrong)["loss_cluster"].item() != pytest.approx(l_same, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def eval_model():
+    torch.manual_seed(0)
+    return build_model(tiny_cfg()).eval()
+
+
+@pytest.mark.parametrize("mode", ["online", "kmeans", "dense"])
+def test_inference_odd_size_all_modes(eval_model, mode):
+    eval_model.inference_mode = mode
+    image = torch.randint(0, 256, (3, 333, 517), dtype=torch.uint8)
+    out = eval_model([{"image": image, "vocabulary": ["circle", "star", "sky, clouds"]}])[0]
+    assert out["sem_seg"].shape == (3, 333, 517)
+    assert torch.allclose(out["sem_seg"].sum(0), torch.ones(333, 517), atol=1e-4)  # probabilities
+    assert out["clusters"].shape == (333, 517) and out["clusters"].dtype == torch.long
+    # resized input: output at the original height/width
+    out = eval_model([{"image": image, "height": 100, "width": 150, "vocabulary": ["a", "b"]}])[0]
+    assert out["sem_seg"].shape == (2, 100, 150)
+    eval_model.inference_mode = "online"
+
+
+def test_online_mode_gives_each_cluster_one_class_distribution(eval_model):
+    out = eval_model([{"image": torch.randint(0, 256, (3, 128, 128), dtype=torch.uint8), "vocabulary": ["a", "b", "c"]}])[0]
+    for c in out["clusters"].unique():
+        region = out["sem_seg"][:, out["clusters"] == c]
+        assert torch.allclose(region, region[:, :1].expand_as(region))
+
+
+def test_kmeans_mode_is_deterministic_for_a_seed(eval_model):
+    eval_model.inference_mode = "kmeans"
+    x = [{"image": torch.randint(0, 256, (3, 160, 224), dtype=torch.uint8), "vocabulary": ["a", "b", "c"]}]
+    torch.manual_seed(1)
+    a = eval_model(x)[0]
+    torch.manual_seed(2)
+    b = eval_model(x)[0]
+    assert torch.equal(a["clusters"], b["clusters"]) and torch.equal(a["sem_seg"], b["sem_seg"])
+    eval_model.inference_mode = "online"
+
+
+def test_text_features_computed_once_per_vocabulary(eval_model, monkeypatch):
+    calls = []
+    real = eval_model.text_encoder.forward
+    monkeypatch.setattr(eval_model.text_encoder, "forward", lambda t: calls.append(len(t)) or real(t))
+    vocab = ["zebra", "yak"]
+    for _ in range(3):
+        eval_model([{"image": torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8), "vocabulary": vocab}])
+    assert calls == [2]
+
+
+def test_vocabulary_sources(eval_model):
+    name = "vilseg_test_vocab_dataset"
+    if name not in DatasetCatalog.list():
+        DatasetCatalog.register(name, lambda: [])
+        MetadataCatalog.get(name).set(stuff_classes=["background", "circle", "star", "ring"])
+    image = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
+    assert eval_model([{"image": image, "dataset_name": name}])[0]["sem_seg"].shape[0] == 4
+    eval_model.set_vocabulary(["x", "y"])
+    assert eval_model([{"image": image}])[0]["sem_seg"].shape[0] == 2
+    eval_model.vocabulary = None
+    with pytest.raises(ValueError, match="No vocabulary"):
+        eval_model([{"image": image}])
+
+
+def test_background_threshold_and_sliding_window(eval_model):
+    image = torch.randint(0, 256, (3, 96, 400), dtype=torch.uint8)
+    eval_model.bg_threshold = 0.99  # higher than any class probability of 2 classes but their max
+    out = eval_model([{"image": image, "vocabulary": ["background", "circle", "star"]}])[0]
+    assert out["sem_seg"].shape == (3, 96, 400)
+    assert torch.allclose(out["sem_seg"][0], torch.full((96, 400), 0.99))
+    eval_model.bg_threshold = 0.0
+
+    eval_model.sliding_window_size, eval_model.sliding_window_stride = 128, 96
+    windowed = eval_model([{"image": image, "vocabulary": ["a", "b"]}])[0]
+    assert windowed["sem_seg"].shape == (2, 96, 400)
+    assert torch.allclose(windowed["sem_seg"].sum(0), torch.ones(96, 400), atol=1e-4)
+    eval_model.sliding_window_size = 0
