@@ -132,6 +132,18 @@ class ViLSeg(nn.Module):
         self.sliding_window_size = sliding_window_size
         self.sliding_window_stride = sliding_window_stride or max(sliding_window_size * 2 // 3, 1)
         self.vocabulary = list(vocabulary) if vocabulary else None
+        # An ablated branch's parameters get no gradient: freeze them (DDP needs every trainable
+        # parameter to receive one).
+        unused = []
+        if vision_weight == 0:
+            unused.append(self.projection_head)
+        if cluster_weight == 0:
+            unused.append(self.clustering_head)
+        if cross_weight == 0:
+            unused += [self.text_encoder, self.logit_scale]
+        for part in unused:
+            for p in [part] if isinstance(part, nn.Parameter) else part.parameters():
+                p.requires_grad_(False)
 
     @classmethod
     def from_config(cls, cfg):

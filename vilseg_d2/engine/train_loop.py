@@ -1,0 +1,83 @@
+"""A training step with autocast on CPU or CUDA (Detectron2's AMPTrainer is CUDA-only)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from detectron2.engine import SimpleTrainer
+
+__all__ = ["AutocastTrainer", "check_losses_finite"]
+
+
+def check_losses_finite(loss_dict: dict, iteration: int) -> None:
+    """Stop training at the first NaN/inf loss, naming it (not silent divergence)."""
+    for name, value in loss_dict.items():
+        v = float(value.detach())
+        if not math.isfinite(v):
+            raise FloatingPointError(
+                f"{name} became {v} at iteration {iteration} (all losses: "
+                f"{ {k: float(x.detach()) for k, x in loss_dict.items()} }). Lower SOLVER.BASE_LR, enable "
+                f"SOLVER.CLIP_GRADIENTS, or check the data."
+            )
+
+
+class AutocastTrainer(SimpleTrainer):
+    """:class:`SimpleTrainer` whose forward runs under ``torch.autocast``.
+
+    bf16 works on CPU and CUDA; fp16 (CUDA only) adds a ``GradScaler``. With ``dtype=None`` it
+    is a plain fp32 step. Every loss is checked for NaN/inf before the backward pass.
+    """
+
+    def __init__(self, model, data_loader, optimizer, *, dtype: torch.dtype | None = None, **kwargs):
+        """
+        Args:
+            model, data_loader, optimizer, kwargs: as :class:`SimpleTrainer`.
+            dtype: autocast dtype (``torch.bfloat16`` / ``torch.float16``), or None for fp32.
+        """
+        super().__init__(model, data_loader, optimizer, **kwargs)
+        param = next(model.parameters())
+        self.device_type = param.device.type
+        if dtype == torch.float16 and self.device_type != "cuda":
+            raise ValueError("SOLVER.AMP.DTYPE fp16 needs CUDA; use bf16 on CPU.")
+        self.dtype = dtype
+        self.grad_scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+
+    def run_step(self):
+        assert self.model.training, "[AutocastTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+
+        with torch.autocast(self.device_type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+            loss_dict = self.model(data)
+        check_losses_finite(loss_dict, self.iter)
+        losses = sum(loss_dict.values())
+
+        self.optimizer.zero_grad()
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(losses).backward()
+        else:
+            losses.backward()
+        self.after_backward()
+        if self.async_write_metrics:
+            self.concurrent_executor.submit(self._write_metrics, loss_dict, data_time, iter=self.iter)
+        else:
+            self._write_metrics(loss_dict, data_time)
+        if self.grad_scaler is not None:
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            self.optimizer.step()
+
+    def state_dict(self):
+        ret = super().state_dict()
+        if self.grad_scaler is not None:
+            ret["grad_scaler"] = self.grad_scaler.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if self.grad_scaler is not None and "grad_scaler" in state_dict:
+            self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
