@@ -1,0 +1,135 @@
+#!/usr/bin/env python
+"""Segment your own images with any vocabulary.
+
+    tools/demo.py --config-file configs/vilseg_tiny.yaml --input img.jpg more/ \\
+        --vocabulary "cat; dog; sky, clouds" --output out/ --opts MODEL.WEIGHTS model_final.pth
+
+For each image it writes ``<name>_overlay.png`` (classes drawn by Detectron2's Visualizer),
+``<name>_clusters.png`` (the cluster map), and one ``shares.json`` with each image's per-class
+pixel shares. Classes are separated by ';' (or one per line in --vocabulary-file); commas
+within a class list synonyms.
+"""
+
+import argparse
+import glob
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.data.detection_utils import read_image
+from detectron2.engine import DefaultPredictor
+from detectron2.utils.logger import setup_logger
+from detectron2.utils.visualizer import ColorMode, Visualizer
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import vilseg_d2  # noqa: E402,F401
+from vilseg_d2 import add_vilseg_config  # noqa: E402
+from vilseg_d2.modeling import parse_vocabulary  # noqa: E402
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def get_parser():
+    p = argparse.ArgumentParser(description="ViL-Seg demo: open-vocabulary segmentation of your images.")
+    p.add_argument("--config-file", required=True, metavar="FILE")
+    p.add_argument("--input", nargs="+", required=True, help="image files and/or folders")
+    vocab = p.add_mutually_exclusive_group(required=True)
+    vocab.add_argument("--vocabulary", help='e.g. "cat; dog; sky, clouds"')
+    vocab.add_argument("--vocabulary-file", help="UTF-8 text file, one class per line")
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides, KEY VALUE ...")
+    return p
+
+
+def load_vocabulary(args) -> list:
+    if args.vocabulary is not None:
+        text = args.vocabulary
+    else:
+        try:
+            with open(args.vocabulary_file, encoding="utf-8") as f:
+                text = f.read()
+        except UnicodeDecodeError as e:
+            raise SystemExit(f"--vocabulary-file {args.vocabulary_file} is not UTF-8 text ({e}); save it as UTF-8.")
+        except OSError as e:
+            raise SystemExit(f"Cannot read --vocabulary-file: {e}")
+    classes = parse_vocabulary(text)
+    if not classes:
+        raise SystemExit("The vocabulary is empty: give at least one class name, e.g. --vocabulary 'cat; dog'.")
+    duplicates = sorted({c for c in classes if classes.count(c) > 1})
+    if duplicates:
+        raise SystemExit(f"The vocabulary names these classes more than once: {duplicates}.")
+    return classes
+
+
+def list_images(inputs) -> list:
+    files = []
+    for path in inputs:
+        if os.path.isdir(path):
+            found = sorted(f for f in glob.glob(os.path.join(path, "*")) if f.lower().endswith(IMAGE_EXTS))
+            if not found:
+                raise SystemExit(f"No images ({', '.join(IMAGE_EXTS)}) in folder {path}.")
+            files += found
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
+            raise SystemExit(f"--input {path}: no such file or folder.")
+    return files
+
+
+def setup_cfg(args):
+    cfg = get_cfg()
+    add_vilseg_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.DATASETS.TEST = ()
+    cfg.freeze()
+    return cfg
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    setup_logger(name="vilseg_demo")
+    vocabulary = load_vocabulary(args)
+    files = list_images(args.input)
+    cfg = setup_cfg(args)
+    predictor = DefaultPredictor(cfg)
+    predictor.model.set_vocabulary(vocabulary)
+    meta = MetadataCatalog.get("__vilseg_demo")
+    meta.set(stuff_classes=vocabulary)
+    os.makedirs(args.output, exist_ok=True)
+
+    shares = {}
+    for path in files:
+        try:
+            image = read_image(path, format="BGR")
+        except Exception as e:  # unreadable / not an image: say which file, go on
+            print(f"skipped {path}: cannot read it as an image ({e})", file=sys.stderr)
+            continue
+        out = predictor(image)
+        labels = out["sem_seg"].argmax(0).cpu().numpy()
+        clusters = out["clusters"].cpu().numpy()
+        rgb = image[:, :, ::-1]
+        stem = os.path.splitext(os.path.basename(path))[0]
+        vis = Visualizer(rgb, meta, instance_mode=ColorMode.SEGMENTATION).draw_sem_seg(labels, alpha=0.5)
+        vis.save(os.path.join(args.output, f"{stem}_overlay.png"))
+        cluster_meta = MetadataCatalog.get("__vilseg_demo_clusters")
+        num = int(clusters.max()) + 1
+        if len(cluster_meta.get("stuff_classes", [])) < num:
+            cluster_meta.stuff_classes = [f"cluster {i}" for i in range(max(num, 64))]
+        Visualizer(rgb, cluster_meta).draw_sem_seg(clusters, alpha=0.6).save(os.path.join(args.output, f"{stem}_clusters.png"))
+        counts = np.bincount(labels.reshape(-1), minlength=len(vocabulary)) / labels.size
+        shares[path] = {c: round(float(s), 6) for c, s in zip(vocabulary, counts) if s > 0}
+        print(f"{path}: " + ", ".join(f"{c} {100 * s:.1f}%" for c, s in sorted(shares[path].items(), key=lambda x: -x[1])))
+    with open(os.path.join(args.output, "shares.json"), "w") as f:
+        json.dump(shares, f, indent=2)
+    return shares
+
+
+if __name__ == "__main__":
+    main()
