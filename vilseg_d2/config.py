@@ -99,9 +99,17 @@ def add_vilseg_config(cfg: CN) -> None:
     # skipped fraction passes this limit (after MIN_RECORDS_FOR_SKIP_CHECK records).
     cfg.DATALOADER.MAX_SKIP_FRACTION = 0.1
     cfg.DATALOADER.MIN_RECORDS_FOR_SKIP_CHECK = 100
+    # Webdataset shards: samples shuffled in a buffer of this size inside each DataLoader worker
+    # (the shard order is reshuffled every epoch).
+    cfg.DATALOADER.SHUFFLE_BUFFER_SIZE = 1000
 
     cfg.SOLVER.OPTIMIZER = "ADAMW"
     cfg.SOLVER.BETAS = (0.9, 0.98)
     cfg.SOLVER.EPS = 1e-6
     # "bf16" | "fp16" (CUDA only) for the AMP autocast dtype; enable with SOLVER.AMP.ENABLED.
     cfg.SOLVER.AMP.DTYPE = "bf16"
+
+    # Evaluation vocabulary: "all" = the dataset's stuff_classes (whole-vocabulary evaluation);
+    # "unseen" = only its unseen_classes are candidates, other pixels ignored (the paper's protocol).
+    cfg.TEST.VILSEG = CN()
+    cfg.TEST.VILSEG.VOCABULARY = "all"
