@@ -27,6 +27,8 @@ setup(
         # Detectron2 is not on PyPI: tools/install_detectron2.py installs it.
     ],
     extras_require={
-        "dev": ["pytest>=7", "pytest-timeout"],
+        "dev": ["pytest>=7", "pytest-timeout", "scipy"],
+        # datasets/prepare_pascal_context.py reads PASCAL Context's .mat files.
+        "datasets": ["scipy"],
     },
 )

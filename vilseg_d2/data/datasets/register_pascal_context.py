@@ -1,0 +1,52 @@
+"""PASCAL Context val (5105 images): ``pascal_context_59_sem_seg_val`` (59 classes, other pixels
+ignored) and ``pascal_context_60_sem_seg_val`` (background + the 59 classes). Files written by
+``datasets/prepare_pascal_context.py``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_sem_seg
+
+__all__ = ["PASCAL_CONTEXT_59_CLASSES", "PASCAL_CONTEXT_UNSEEN_CLASSES", "register_pascal_context"]
+
+# The 59 most frequent classes of PASCAL Context, in the usual label order.
+PASCAL_CONTEXT_59_CLASSES = [
+    "aeroplane", "bag", "bed", "bedclothes", "bench", "bicycle", "bird", "boat", "book",
+    "bottle", "building", "bus", "cabinet", "car", "cat", "ceiling", "chair", "cloth",
+    "computer", "cow", "cup", "curtain", "dog", "door", "fence", "floor", "flower", "food",
+    "grass", "ground", "horse", "keyboard", "light", "motorbike", "mountain", "mouse", "person",
+    "plate", "platform", "potted plant", "road", "rock", "sheep", "shelves", "sidewalk", "sign",
+    "sky", "snow", "sofa", "table", "track", "train", "tree", "truck", "tv monitor", "wall",
+    "water", "window", "wood",
+]  # fmt: skip
+# Unseen classes of the zero-shot protocol (paper section 4.1).
+PASCAL_CONTEXT_UNSEEN_CLASSES = ["cow", "motorbike", "sofa", "cat"]
+
+
+def register_pascal_context(root: str) -> None:
+    """Register the two PASCAL Context val variants under ``root`` (``$DETECTRON2_DATASETS``)."""
+    base = os.path.join(root, "pascal_context")
+    image_dir = os.path.join(base, "images_detectron2", "val")
+    variants = [
+        ("pascal_context_59_sem_seg_val", "pc59_val", PASCAL_CONTEXT_59_CLASSES),
+        ("pascal_context_60_sem_seg_val", "pc60_val", ["background"] + PASCAL_CONTEXT_59_CLASSES),
+    ]
+    for name, ann, classes in variants:
+        gt_dir = os.path.join(base, "annotations_detectron2", ann)
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        DatasetCatalog.register(
+            name, lambda x=image_dir, y=gt_dir: load_sem_seg(y, x, gt_ext="png", image_ext="jpg")
+        )
+        MetadataCatalog.get(name).set(
+            image_root=image_dir,
+            sem_seg_root=gt_dir,
+            evaluator_type="sem_seg",
+            ignore_label=255,
+            stuff_classes=list(classes),
+            unseen_classes=list(PASCAL_CONTEXT_UNSEEN_CLASSES),
+        )
