@@ -1,0 +1,71 @@
+#!/usr/bin/env python
+"""Train or evaluate ViL-Seg (Detectron2's train_net idiom).
+
+    tools/train_net.py --config-file configs/vilseg_vitb16.yaml --num-gpus 8
+    tools/train_net.py --config-file configs/eval/vilseg_vitb16_voc_unseen.yaml --eval-only MODEL.WEIGHTS m.pth
+    tools/train_net.py --config-file configs/vilseg_tiny.yaml --resume
+
+Without GPUs, ``--num-gpus N`` runs N CPU processes with the gloo backend.
+"""
+
+import json
+import logging
+import os
+import sys
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import vilseg_d2  # noqa: E402,F401  (fills the registries)
+from vilseg_d2 import add_vilseg_config  # noqa: E402
+from vilseg_d2.engine import ViLSegTrainer  # noqa: E402
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_vilseg_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    default_setup(cfg, args)
+    if cfg.MODEL.DEVICE == "cpu":
+        logging.getLogger("detectron2").info("No CUDA device: running on CPU.")
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = ViLSegTrainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        res = ViLSegTrainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, res)
+            path = os.path.join(cfg.OUTPUT_DIR, "eval_results.json")
+            with open(path, "w") as f:
+                json.dump(res, f, indent=2)
+            logging.getLogger("detectron2").info(f"Evaluation results written to {path}")
+        return res
+    trainer = ViLSegTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )

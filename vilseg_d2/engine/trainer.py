@@ -1,0 +1,109 @@
+"""``ViLSegTrainer``: Detectron2's DefaultTrainer wired to caption data and ViL-Seg evaluation."""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from typing import Dict, List, Optional
+
+import torch
+from detectron2.data import DatasetMapper, MetadataCatalog, build_detection_test_loader
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from ..data.build import build_caption_train_loader
+from ..evaluation import ViLSegSemSegEvaluator
+from .optimizer import build_vilseg_optimizer
+from .train_loop import AutocastTrainer
+
+__all__ = ["ViLSegTrainer", "eval_vocabulary"]
+
+logger = logging.getLogger(__name__)
+
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def eval_vocabulary(cfg, dataset_name: str) -> List[str]:
+    """The classes the model chooses among on ``dataset_name`` under ``TEST.VILSEG.VOCABULARY``:
+    "all" = the dataset's ``stuff_classes``; "unseen" = its ``unseen_classes`` (paper protocol)."""
+    meta = MetadataCatalog.get(dataset_name)
+    mode = cfg.TEST.VILSEG.VOCABULARY
+    if mode == "all":
+        return list(meta.stuff_classes)
+    if mode == "unseen":
+        unseen = list(meta.get("unseen_classes", []) or [])
+        if not unseen:
+            raise ValueError(f"TEST.VILSEG.VOCABULARY='unseen' but {dataset_name} has no unseen_classes metadata.")
+        return unseen
+    raise ValueError(f"TEST.VILSEG.VOCABULARY must be 'all' or 'unseen', got {mode!r}.")
+
+
+class _TestMapper:
+    """Detectron2's test-time DatasetMapper, plus the vocabulary the model must use."""
+
+    def __init__(self, cfg, vocabulary: List[str]):
+        self.mapper = DatasetMapper(cfg, is_train=False)
+        self.vocabulary = vocabulary
+
+    def __call__(self, dataset_dict: Dict) -> Dict:
+        out = self.mapper(dataset_dict)
+        out["vocabulary"] = self.vocabulary
+        return out
+
+
+class ViLSegTrainer(DefaultTrainer):
+    """DefaultTrainer with: the caption loader, AdamW groups, autocast on CPU or CUDA
+    (``SOLVER.AMP.ENABLED`` + ``SOLVER.AMP.DTYPE``), NaN checks naming the loss, and
+    :class:`ViLSegSemSegEvaluator` with the vocabulary of ``TEST.VILSEG.VOCABULARY``."""
+
+    def __init__(self, cfg):
+        # DefaultTrainer.__init__, with two changes: the autocast step (AMPTrainer is CUDA-only)
+        # and DDP without device_ids on CPU (multi-process gloo training without GPUs).
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        dtype = _AMP_DTYPES.get(cfg.SOLVER.AMP.DTYPE) if cfg.SOLVER.AMP.ENABLED else None
+        if cfg.SOLVER.AMP.ENABLED and dtype is None:
+            raise ValueError(f"SOLVER.AMP.DTYPE must be one of {sorted(_AMP_DTYPES)}, got {cfg.SOLVER.AMP.DTYPE!r}.")
+
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        model = create_ddp_model(model, broadcast_buffers=False, **({"device_ids": None} if on_cpu else {}))
+        self._trainer = AutocastTrainer(model, data_loader, optimizer, dtype=dtype)
+
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_caption_train_loader(cfg)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(
+            cfg, dataset_name, mapper=_TestMapper(cfg, eval_vocabulary(cfg, dataset_name))
+        )
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder: Optional[str] = None):
+        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "sem_seg")
+        if evaluator_type != "sem_seg":
+            raise ValueError(f"{dataset_name} has evaluator_type {evaluator_type!r}; ViL-Seg evaluates 'sem_seg' datasets.")
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return ViLSegSemSegEvaluator(
+            dataset_name, distributed=True, output_dir=output_folder, vocabulary=eval_vocabulary(cfg, dataset_name)
+        )
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_vilseg_optimizer(cfg, model)
