@@ -5,9 +5,10 @@
   split across DataLoader workers by Detectron2's :class:`ToIterableDataset`.
 * :class:`ShardCaptionSource`: webdataset tar shards streamed with the ``webdataset`` library
   (never loaded whole): every epoch the shard list is reshuffled with a seed shared by all
-  ranks, then split by rank (``wds.split_by_node``) and by DataLoader worker
-  (``wds.split_by_worker``), so no sample is read twice in an epoch; samples are shuffled in a
-  buffer inside each worker.
+  ranks, then split by rank (the rank is taken when the loader is built, like Detectron2's
+  samplers do, so that it is right in DataLoader workers of any start method) and by DataLoader
+  worker (``wds.split_by_worker``), so no sample is read twice in an epoch; samples are shuffled
+  in a buffer inside each worker.
 * :class:`CaptionTrainStream`: maps records with the mapper, skips and counts the bad ones
   (:class:`SkipTracker`) and, for several datasets, interleaves them by weight.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import random
 from typing import Callable, Iterator, Sequence
 
@@ -26,20 +28,26 @@ import numpy as np
 import torch.utils.data as torchdata
 from detectron2.data.common import DatasetFromList, ToIterableDataset
 from detectron2.data.samplers import TrainingSampler
+from detectron2.utils import comm
 
-from .caption_datasets import shard_sample_to_record
+from .caption_datasets import is_local_path, shard_sample_to_record
 from .skip_tracker import BadRecordError, SkippedRecordsError, SkipTracker
 
-__all__ = ["MapStyleCaptionSource", "ShardCaptionSource", "CaptionTrainStream", "reader_info"]
+__all__ = [
+    "MapStyleCaptionSource",
+    "ShardCaptionSource",
+    "CaptionTrainStream",
+    "worker_info",
+    "tar_looks_complete",
+]
 
 logger = logging.getLogger(__name__)
 
 
-def reader_info() -> tuple[int, int, int, int]:
-    """(rank, world_size, worker, num_workers) of the calling reader, as webdataset sees them."""
-    from webdataset.utils import pytorch_worker_info
-
-    return pytorch_worker_info()
+def worker_info() -> tuple[int, int]:
+    """(worker id, number of workers) of the calling DataLoader worker; (0, 1) outside one."""
+    info = torchdata.get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
 
 
 class MapStyleCaptionSource:
@@ -68,6 +76,20 @@ class MapStyleCaptionSource:
         return str(record.get("file_name", "?")), self.description
 
 
+def tar_looks_complete(path: str) -> bool:
+    """Whether a local tar file ends with the end-of-archive marker (two zero 512-byte blocks).
+
+    Python's tarfile reads a tar cut short (an interrupted copy) without an error, silently
+    dropping the rest; this check catches that case.
+    """
+    size = os.path.getsize(path)
+    if size < 1024 or size % 512:
+        return False
+    with open(path, "rb") as f:
+        f.seek(size - 1024)
+        return not any(f.read(1024))
+
+
 class ShardCaptionSource:
     """Webdataset tar shards, streamed.
 
@@ -76,13 +98,24 @@ class ShardCaptionSource:
         seed: seed of the per-epoch shard shuffle; must be equal on all ranks.
         shuffle_buffer: size of the in-worker sample shuffle buffer (<= 1 disables it).
         description: the shard specification, used in messages.
+        rank, world_size: this process's place in the distributed job (default: Detectron2's
+            ``comm`` when the source is built).
     """
 
     def __init__(
-        self, shards: Sequence[str], *, seed: int, shuffle_buffer: int = 1000, description: str = ""
+        self,
+        shards: Sequence[str],
+        *,
+        seed: int,
+        shuffle_buffer: int = 1000,
+        description: str = "",
+        rank: int | None = None,
+        world_size: int | None = None,
     ):
         if len(shards) == 0:
             raise ValueError(f"No shards in {description}.")
+        self.rank = comm.get_rank() if rank is None else int(rank)
+        self.world_size = comm.get_world_size() if world_size is None else int(world_size)
         self.shards = list(shards)
         self.seed = int(seed)
         self.shuffle_buffer = int(shuffle_buffer)
@@ -90,8 +123,8 @@ class ShardCaptionSource:
 
     def num_shards_for_reader(self) -> int:
         """How many shards this rank's DataLoader worker reads per epoch (same every epoch)."""
-        rank, world_size, worker, num_workers = reader_info()
-        per_rank = len(range(rank, len(self.shards), world_size))
+        worker, num_workers = worker_info()
+        per_rank = len(range(self.rank, len(self.shards), self.world_size))
         return len(range(worker, per_rank, num_workers))
 
     def _handler(self, tracker: SkipTracker) -> Callable[[Exception], bool]:
@@ -107,19 +140,35 @@ class ShardCaptionSource:
 
         return handler
 
+    def _split_by_rank(self, src: Iterator[dict]) -> Iterator[dict]:
+        """``wds.split_by_node`` with the rank fixed at construction."""
+        return itertools.islice(src, self.rank, None, self.world_size)
+
+    @staticmethod
+    def _check_truncation(tracker: SkipTracker) -> Callable[[Iterator[dict]], Iterator[dict]]:
+        def stage(src: Iterator[dict]) -> Iterator[dict]:
+            for shard in src:
+                url = shard["url"]
+                if is_local_path(url) and os.path.isfile(url) and not tar_looks_complete(url):
+                    tracker.shard_failed(url, "truncated tar file: the samples after the cut are lost")
+                yield shard
+
+        return stage
+
     def iter_epoch(self, epoch: int, tracker: SkipTracker) -> Iterator[dict]:
         """The records this reader gets in ``epoch``: a disjoint part of all shards' samples."""
         import webdataset as wds
 
-        rank, _, worker, _ = reader_info()
+        worker, _ = worker_info()
         stages = [
             wds.SimpleShardList(self.shards, seed=self.seed + epoch),  # same order on all ranks
-            wds.split_by_node,
+            self._split_by_rank,
             wds.split_by_worker,
+            self._check_truncation(tracker),
             wds.tarfile_to_samples(handler=self._handler(tracker)),
         ]
         if self.shuffle_buffer > 1:
-            rng = random.Random(f"{self.seed}-{epoch}-{rank}-{worker}")
+            rng = random.Random(f"{self.seed}-{epoch}-{self.rank}-{worker}")
             stages.append(
                 wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer), rng=rng)
             )
@@ -128,13 +177,14 @@ class ShardCaptionSource:
 
     def iter_records(self, tracker: SkipTracker) -> Iterator[dict]:
         """Infinite stream: epoch after epoch, each with a new shard order."""
-        rank, world_size, worker, num_workers = reader_info()
+        worker, num_workers = worker_info()
         num_mine = self.num_shards_for_reader()
         if num_mine == 0:
             logger.warning(
-                f"{self.description}: {len(self.shards)} shards for {world_size} rank(s) x "
-                f"{num_workers} DataLoader worker(s): worker {worker} of rank {rank} has no shard "
-                f"and stays idle. Use at most {len(self.shards) // world_size} workers, or more shards."
+                f"{self.description}: {len(self.shards)} shards for {self.world_size} rank(s) x "
+                f"{num_workers} DataLoader worker(s): worker {worker} of rank {self.rank} has no "
+                f"shard and stays idle. Use at most {len(self.shards) // self.world_size} workers, "
+                f"or more shards."
             )
             return
         for epoch in itertools.count():
@@ -142,7 +192,7 @@ class ShardCaptionSource:
             for rec in self.iter_epoch(epoch, tracker):
                 num_records += 1
                 yield rec
-            if num_records == 0 and tracker.num_bad_shards > bad_before:
+            if num_records == 0 and tracker.num_bad_shards > bad_before:  # all unreadable
                 raise SkippedRecordsError(
                     f"None of the {num_mine} shard(s) read by {tracker._where()} could be read "
                     f"in epoch {epoch} ({self.description}). Last error: {tracker.last_error}"
@@ -181,6 +231,7 @@ class CaptionTrainStream(torchdata.IterableDataset):
         self.mapper = mapper
         self.max_skip_fraction = max_skip_fraction
         self.min_records = min_records
+        self.rank, self.world_size = comm.get_rank(), comm.get_world_size()
         # The trackers of the last iteration in this process (one per dataset).
         self.trackers: dict[str, SkipTracker] = {}
 
@@ -196,8 +247,8 @@ class CaptionTrainStream(torchdata.IterableDataset):
             yield out
 
     def __iter__(self) -> Iterator[dict]:
-        rank, world_size, worker, num_workers = reader_info()
-        context = f"rank {rank}/{world_size}, worker {worker}/{num_workers}"
+        worker, num_workers = worker_info()
+        context = f"rank {self.rank}/{self.world_size}, worker {worker}/{num_workers}"
         streams, weights = [], []
         for name, source, weight in self.sources:
             tracker = SkipTracker(

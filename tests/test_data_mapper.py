@@ -1,0 +1,125 @@
+"""ViLSegCaptionDatasetMapper: shapes, dtypes, channel order, g(x) and its flip."""
+
+import numpy as np
+import pytest
+import torch
+from data_fixtures import jpeg_bytes, png_bytes, random_image
+from detectron2.config import get_cfg
+
+from vilseg_d2.config import add_vilseg_config
+from vilseg_d2.data import BadRecordError, ViLSegCaptionDatasetMapper
+
+
+def _mapper(**kw):
+    args = dict(
+        global_size=64, global_scale=(0.4, 1.0), num_local_crops=6, local_size=32,
+        local_scale=(0.05, 0.4), color_mul=0.2, color_add=0.1, flip_prob=0.5, image_format="BGR",
+    )  # fmt: skip
+    args.update(kw)
+    return ViLSegCaptionDatasetMapper(**args)
+
+
+@pytest.fixture(autouse=True)
+def _np_seed():
+    np.random.seed(0)
+
+
+def test_from_config_default_sizes():
+    cfg = get_cfg()
+    add_vilseg_config(cfg)
+    mapper = ViLSegCaptionDatasetMapper(cfg, True)
+    out = mapper({"image_bytes": jpeg_bytes(150, 200), "caption": "a cat"})
+    v = cfg.INPUT.VILSEG
+    assert out["image"].shape == (3, v.GLOBAL_SIZE, v.GLOBAL_SIZE)
+    assert len(out["local_crops"]) == v.NUM_LOCAL_CROPS == 6
+    assert all(c.shape == (3, v.LOCAL_SIZE, v.LOCAL_SIZE) for c in out["local_crops"])
+
+
+def test_output_shapes_and_types(tmp_path):
+    path = tmp_path / "x.jpg"
+    path.write_bytes(jpeg_bytes(80, 120))
+    out = _mapper()({"file_name": str(path), "caption": " two dogs "})
+    assert set(out) == {"image", "local_crops", "transformed_image", "flip", "caption"}
+    assert out["image"].dtype == torch.uint8 and out["image"].shape == (3, 64, 64)
+    assert out["transformed_image"].dtype == torch.uint8
+    assert out["transformed_image"].shape == out["image"].shape
+    assert len(out["local_crops"]) == 6
+    for crop in out["local_crops"]:
+        assert crop.dtype == torch.uint8 and crop.shape == (3, 32, 32) and crop.is_contiguous()
+    assert isinstance(out["flip"], bool)
+    assert out["caption"] == "two dogs"
+
+
+@pytest.mark.parametrize("fmt, channel", [("RGB", 0), ("BGR", 2)])
+def test_channel_order_follows_input_format(fmt, channel):
+    red = np.zeros((40, 40, 3), np.uint8)
+    red[..., 0] = 255  # pure red, RGB
+    out = _mapper(image_format=fmt, color_mul=0, color_add=0)({"image_bytes": png_bytes(red), "caption": "red"})
+    for t in [out["image"], out["transformed_image"], *out["local_crops"]]:
+        assert (t[channel] == 255).all() and (t.sum(0) == 255).all()
+
+
+def test_undoing_the_flip_restores_the_layout():
+    data = png_bytes(random_image(60, 90, seed=3))
+    mapper = _mapper(color_mul=0.0, color_add=0.0, flip_prob=1.0)
+    out = mapper({"image_bytes": data, "caption": "x"})
+    assert out["flip"] is True
+    assert not torch.equal(out["transformed_image"], out["image"])
+    assert torch.equal(out["transformed_image"].flip(-1), out["image"])  # g^-1 on the geometry
+
+    out = _mapper(color_mul=0.0, color_add=0.0, flip_prob=0.0)({"image_bytes": data, "caption": "x"})
+    assert out["flip"] is False and torch.equal(out["transformed_image"], out["image"])
+
+
+def test_colour_change_is_a_per_channel_affine_map():
+    data = png_bytes(random_image(60, 90, seed=4))
+    flips = []
+    for _ in range(20):
+        out = _mapper(color_mul=0.3, color_add=0.1, flip_prob=0.5)({"image_bytes": data, "caption": "x"})
+        flips.append(out["flip"])
+        tf = out["transformed_image"].flip(-1) if out["flip"] else out["transformed_image"]
+        x, y = out["image"].double(), tf.double()
+        assert not torch.equal(x, y)
+        for c in range(3):
+            keep = (y[c] > 0) & (y[c] < 255)  # unclipped pixels
+            xc, yc = x[c][keep], y[c][keep]
+            slope, offset = np.polyfit(xc.numpy(), yc.numpy(), 1)
+            assert 0.7 - 1e-3 <= slope <= 1.3 + 1e-3 and abs(offset) <= 0.1 * 255 + 2
+            assert (yc - (slope * xc + offset)).abs().max() <= 1.0  # exact up to rounding
+    assert any(flips) and not all(flips)
+
+
+def test_captions_list_draws_one():
+    mapper = _mapper()
+    captions = ["one", "two", "three"]
+    seen = {mapper({"image_bytes": jpeg_bytes(), "captions": captions})["caption"] for _ in range(30)}
+    assert seen == set(captions)
+
+
+@pytest.mark.parametrize(
+    "record, reason",
+    [
+        ({"image_bytes": jpeg_bytes(), "caption": "  "}, "empty caption"),
+        ({"image_bytes": jpeg_bytes()}, "no caption"),
+        ({"caption": "a cat"}, "no image"),
+        ({"image_bytes": b"", "caption": "a cat"}, "zero bytes"),
+        ({"file_name": "/nonexistent/x.jpg", "caption": "a cat"}, "missing file"),
+        ({"image_bytes": jpeg_bytes(), "captions": []}, "no caption"),
+    ],
+)
+def test_bad_records_raise(record, reason):
+    with pytest.raises(BadRecordError, match=reason):
+        _mapper()(record)
+
+
+def test_tiny_and_odd_images():
+    for h, w in [(1, 1), (3, 200), (200, 3)]:
+        out = _mapper()({"image_bytes": png_bytes(random_image(h, w)), "caption": "x"})
+        assert out["image"].shape == (3, 64, 64)
+
+
+def test_invalid_arguments():
+    with pytest.raises(ValueError, match="FORMAT"):
+        _mapper(image_format="YUV-BT.601")
+    with pytest.raises(ValueError, match="scale"):
+        _mapper(global_scale=(0.0, 1.0))
