@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 import torch
-from detectron2.solver import maybe_add_gradient_clipping
+from detectron2.solver.build import maybe_add_gradient_clipping
 
 __all__ = ["build_vilseg_optimizer", "param_groups"]
 
