@@ -448,9 +448,6 @@ def main(argv: list[str] | None = None) -> dict:
                         help="background texture and noise strength (0 = flat)")  # fmt: skip
     parser.add_argument("--workers", type=int, default=None, help="processes (default: CPUs)")
     args = parser.parse_args(argv)
-    from detectron2.utils.logger import setup_logger
-
-    setup_logger(name="vilseg_d2")
     return generate_synthetic_world(
         args.out,
         args.num_train,
@@ -463,4 +460,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    from detectron2.utils.logger import setup_logger
+
+    setup_logger(name="vilseg_d2")
     main()

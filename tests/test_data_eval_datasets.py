@@ -1,0 +1,137 @@
+"""Evaluation datasets: prepare scripts on miniature copies of the official archives, then the
+registered loaders and metadata."""
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+from data_fixtures import make_coco_stuff, make_pascal_context, make_voc2012
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from PIL import Image
+
+from vilseg_d2.data.datasets import register_all
+from vilseg_d2.data.datasets.register_coco_stuff import register_coco_stuff_164k
+from vilseg_d2.data.datasets.register_pascal_context import register_pascal_context
+from vilseg_d2.data.datasets.register_voc import register_voc_2012
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "datasets", name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def restore_default_registrations():
+    yield
+    register_all(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")))
+
+
+def read_png(path):
+    return np.array(Image.open(path))
+
+
+def check_metadata(name, num_classes, unseen):
+    meta = MetadataCatalog.get(name)
+    assert meta.evaluator_type == "sem_seg" and meta.ignore_label == 255
+    assert len(meta.stuff_classes) == num_classes
+    assert meta.unseen_classes == unseen
+    assert set(unseen) <= set(meta.stuff_classes)
+    return meta
+
+
+def test_registered_names_and_unseen_classes():
+    check_metadata("voc_2012_sem_seg_val", 21, ["potted plant", "sheep", "sofa", "train", "tv monitor"])
+    meta20 = check_metadata("voc_2012_sem_seg_val_20", 20, ["potted plant", "sheep", "sofa", "train", "tv monitor"])
+    assert "background" not in meta20.stuff_classes
+    check_metadata("pascal_context_59_sem_seg_val", 59, ["cow", "motorbike", "sofa", "cat"])
+    meta60 = check_metadata("pascal_context_60_sem_seg_val", 60, ["cow", "motorbike", "sofa", "cat"])
+    assert meta60.stuff_classes[0] == "background"
+    check_metadata(
+        "coco_stuff_164k_sem_seg_val",
+        171,
+        ["frisbee", "skateboard", "cardboard", "carrot", "scissors", "suitcase", "giraffe", "cow",
+         "road", "wall-concrete", "tree", "grass", "river", "clouds", "playingfield"],
+    )  # fmt: skip
+    assert "ade20k_sem_seg_val" in DatasetCatalog.list()  # Detectron2's own, reused
+    for name in ["voc_2012_sem_seg_val", "pascal_context_59_sem_seg_val", "coco_stuff_164k_sem_seg_val"]:
+        assert len(set(MetadataCatalog.get(name).stuff_classes)) == len(MetadataCatalog.get(name).stuff_classes)
+
+
+def test_voc_prepare_and_load(tmp_path):
+    masks = make_voc2012(str(tmp_path))
+    assert load_script("prepare_voc_sem_seg").main(["--root", str(tmp_path), "--workers", "0"]) == 3
+    register_voc_2012(str(tmp_path))
+    recs = DatasetCatalog.get("voc_2012_sem_seg_val")
+    assert len(recs) == 3  # the train image is not in val
+    for r in recs:
+        image_id = os.path.splitext(os.path.basename(r["file_name"]))[0]
+        assert os.path.isfile(r["file_name"]) and os.path.isfile(r["sem_seg_file_name"])
+        label = read_png(r["sem_seg_file_name"])
+        assert np.array_equal(label, masks[image_id])  # 0..20 and 255 kept
+    recs20 = DatasetCatalog.get("voc_2012_sem_seg_val_20")
+    label20 = read_png(recs20[0]["sem_seg_file_name"])
+    orig = masks[os.path.splitext(os.path.basename(recs20[0]["file_name"]))[0]]
+    expect = np.where(orig == 255, 255, np.where(orig == 0, 255, orig.astype(int) - 1))
+    assert np.array_equal(label20, expect)
+    assert list(label20[1, :3]) == [255, 0, 19]
+
+
+def test_pascal_context_prepare_and_load(tmp_path):
+    pytest.importorskip("scipy")
+    maps, name_to_id = make_pascal_context(str(tmp_path))
+    assert load_script("prepare_pascal_context").main(["--root", str(tmp_path), "--workers", "0"]) == 3
+    register_pascal_context(str(tmp_path))
+    from vilseg_d2.data.datasets.register_pascal_context import PASCAL_CONTEXT_59_CLASSES
+
+    id_to_59 = {name_to_id[c]: k for k, c in enumerate(PASCAL_CONTEXT_59_CLASSES)}
+    for name, offset, other in [("pascal_context_59_sem_seg_val", 0, 255), ("pascal_context_60_sem_seg_val", 1, 0)]:
+        recs = DatasetCatalog.get(name)
+        assert len(recs) == 3
+        for r in recs:
+            image_id = os.path.splitext(os.path.basename(r["file_name"]))[0]
+            label = read_png(r["sem_seg_file_name"])
+            src = maps[image_id]
+            expect = np.vectorize(lambda v: id_to_59[v] + offset if v in id_to_59 else other)(src)
+            assert np.array_equal(label, expect)
+            assert label[0, 0] == 0 + offset and label[0, 1] == 58 + offset  # aeroplane, wood
+            assert label[0, 2] == PASCAL_CONTEXT_59_CLASSES.index("cat") + offset
+            assert label[0, 3] == other  # 0 = unlabeled
+
+
+def test_coco_stuff_prepare_and_load(tmp_path):
+    maps = make_coco_stuff(str(tmp_path))
+    assert load_script("prepare_coco_stuff_164k").main(["--root", str(tmp_path), "--workers", "0"]) == 3
+    register_coco_stuff_164k(str(tmp_path))
+    recs = DatasetCatalog.get("coco_stuff_164k_sem_seg_val")
+    assert len(recs) == 3
+    classes = MetadataCatalog.get("coco_stuff_164k_sem_seg_val").stuff_classes
+    from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
+
+    ids = [c["id"] for c in COCO_CATEGORIES if c["isthing"]] + list(range(92, 183))
+    id_to_index = {i: k for k, i in enumerate(ids)}
+    for r in recs:
+        label = read_png(r["sem_seg_file_name"])
+        src = maps[os.path.splitext(os.path.basename(r["file_name"]))[0]]
+        expect = np.vectorize(lambda v: id_to_index.get(int(v) + 1, 255))(src)
+        assert np.array_equal(label, expect)
+        # person (id 1), unused ids 12 and 91 -> ignore, banner (92), wood (182), unlabeled
+        assert list(label[0, :6]) == [0, 255, 255, 80, 170, 255]
+        assert classes[0] == "person" and classes[80] == "banner" and classes[170] == "wood"
+        assert set(np.unique(label)) <= set(range(171)) | {255}
+
+
+def test_prepare_errors_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="val.txt"):
+        load_script("prepare_voc_sem_seg").main(["--root", str(tmp_path), "--workers", "0"])
+    with pytest.raises(FileNotFoundError, match="stuffthingmaps"):
+        load_script("prepare_coco_stuff_164k").main(["--root", str(tmp_path), "--workers", "0"])
+    labels = tmp_path / "labels.txt"
+    labels.write_text("1: accordion\n2: aeroplane\n")
+    pc = load_script("prepare_pascal_context")
+    with pytest.raises(ValueError, match="lacks the PASCAL Context classes"):
+        pc.context59_ids(pc.read_label_names(str(labels)))
