@@ -123,3 +123,27 @@ def test_invalid_arguments():
         _mapper(image_format="YUV-BT.601")
     with pytest.raises(ValueError, match="scale"):
         _mapper(global_scale=(0.0, 1.0))
+
+
+def test_random_resized_crop_scales_and_coords():
+    from vilseg_d2.data.transforms import CropResizeTransform, RandomResizedCrop
+
+    img = random_image(90, 120)
+    aug = RandomResizedCrop(24, scale=(0.05, 0.4))
+    for _ in range(50):
+        t = aug.get_transform(img)
+        assert isinstance(t, CropResizeTransform)
+        assert 0.05 * 0.9 <= t.w * t.h / (90 * 120) <= 0.4 * 1.1
+        assert 3 / 4 * 0.9 <= t.w / t.h <= 4 / 3 * 1.1
+        assert 0 <= t.x0 and t.x0 + t.w <= 120 and 0 <= t.y0 and t.y0 + t.h <= 90
+        assert t.apply_image(img).shape == (24, 24, 3)
+    t = CropResizeTransform(10, 20, 40, 30, 60, 80)
+    assert np.allclose(t.apply_coords(np.array([[10.0, 20.0], [50.0, 50.0]])), [[0, 0], [80, 60]])
+    seg = np.zeros((90, 120), np.uint8)
+    seg[20:35, 10:50] = 7
+    out = t.apply_segmentation(seg)
+    assert out.shape == (60, 80) and set(np.unique(out)) == {0, 7}  # nearest: no new labels
+    # A strip too thin for the ratio range falls back to a centred crop.
+    thin = random_image(4, 400)
+    t = RandomResizedCrop(16, scale=(0.9, 1.0)).get_transform(thin)
+    assert t.h == 4 and t.w == round(4 * 4 / 3)
