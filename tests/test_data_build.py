@@ -9,7 +9,7 @@ from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 
 from vilseg_d2.config import add_vilseg_config
-from vilseg_d2.data import build_caption_train_loader, register_caption_dataset
+from vilseg_d2.data import SkippedRecordsError, build_caption_train_loader, register_caption_dataset
 
 
 def tiny_cfg(*train, batch=4, workers=0):
@@ -87,3 +87,23 @@ def test_custom_mapper(manifest_dataset):
     loader = build_caption_train_loader(cfg, mapper=lambda r: {"caption": str(r["caption"])})
     batch = next(iter(loader))
     assert len(batch) == 2 and set(batch[0]) == {"caption"}
+
+
+def test_worker_error_reaches_the_trainer(tmp_path):
+    broken = {(s, i): "not_image" for s in range(2) for i in range(0, 10, 2)}  # 50% broken
+    make_shards(str(tmp_path / "bad"), 2, 10, broken=broken)
+    register_caption_dataset("test_build_bad_shards", shards=str(tmp_path / "bad"))
+    cfg = tiny_cfg("test_build_bad_shards", batch=2, workers=2)
+    cfg.DATALOADER.MIN_RECORDS_FOR_SKIP_CHECK = 4
+    with pytest.raises(SkippedRecordsError, match="test_build_bad_shards"):
+        for _ in build_caption_train_loader(cfg):
+            pass
+
+
+def test_stream_pickles_for_spawned_workers(manifest_dataset, shard_dataset):
+    import pickle
+
+    cfg = tiny_cfg("test_build_manifest", "test_build_shards")
+    stream = build_caption_train_loader(cfg).dataset
+    clone = pickle.loads(pickle.dumps(stream))
+    assert next(iter(clone))["image"].shape == (3, 32, 32)

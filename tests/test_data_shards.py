@@ -208,3 +208,9 @@ def test_ranks_times_workers_split(tmp_path):
     for epoch in range(2):
         a, b = (set(keys[epoch * half : (epoch + 1) * half]) for keys in per_rank)
         assert len(a) == len(b) == half and not a & b and a | b == good
+
+
+def test_empty_shards_are_an_error_not_a_hang(tmp_path):
+    shard = write_tar(str(tmp_path / "00000.tar"), [])
+    with pytest.raises(SkippedRecordsError, match="holds a sample"):
+        take(stream([shard], key_of), 1)

@@ -13,8 +13,8 @@ from detectron2.utils import comm
 
 from .caption_datasets import is_local_path, read_caption_manifest, read_coco_captions, resolve_shards
 from .caption_mapper import ViLSegCaptionDatasetMapper
-from .datasets.register_captions import require_file
 from .caption_stream import CaptionTrainStream, MapStyleCaptionSource, ShardCaptionSource
+from .datasets.register_captions import require_file
 from .skip_tracker import SkippedRecordsError
 
 __all__ = ["build_caption_train_loader", "build_caption_source"]

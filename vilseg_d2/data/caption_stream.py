@@ -45,9 +45,12 @@ logger = logging.getLogger(__name__)
 
 
 def worker_info() -> tuple[int, int]:
-    """(worker id, number of workers) of the calling DataLoader worker; (0, 1) outside one."""
-    info = torchdata.get_worker_info()
-    return (info.id, info.num_workers) if info is not None else (0, 1)
+    """(worker id, number of workers) of the calling DataLoader worker, (0, 1) outside one, as
+    ``wds.split_by_worker`` sees them."""
+    from webdataset.utils import pytorch_worker_info
+
+    _, _, worker, num_workers = pytorch_worker_info()
+    return worker, num_workers
 
 
 class MapStyleCaptionSource:
@@ -192,10 +195,13 @@ class ShardCaptionSource:
             for rec in self.iter_epoch(epoch, tracker):
                 num_records += 1
                 yield rec
-            if num_records == 0 and tracker.num_bad_shards > bad_before:  # all unreadable
+            if num_records == 0:  # all unreadable or empty: never spin on nothing
+                unreadable = tracker.num_bad_shards > bad_before
                 raise SkippedRecordsError(
-                    f"None of the {num_mine} shard(s) read by {tracker._where()} could be read "
-                    f"in epoch {epoch} ({self.description}). Last error: {tracker.last_error}"
+                    f"None of the {num_mine} shard(s) read by {tracker.describe()} "
+                    f"{'could be read' if unreadable else 'holds a sample'} in epoch {epoch} "
+                    f"({self.description})."
+                    + (f" Last error: {tracker.last_error}" if unreadable else "")
                 )
             logger.info(f"Epoch {epoch} of shards done: {tracker.summary()}")
 

@@ -80,7 +80,8 @@ class SkipTracker:
     def skipped_fraction(self) -> float:
         return self.num_skipped / max(self.num_seen, 1)
 
-    def _where(self) -> str:
+    def describe(self) -> str:
+        """The dataset name and where this tracker runs, for messages."""
         return f"'{self.dataset_name}'" + (f" ({self.context})" if self.context else "")
 
     def record_ok(self) -> None:
@@ -103,7 +104,7 @@ class SkipTracker:
         self.skips_by_group[group or self.source] += 1
         self.last_error = f"{where}: {reason}"
         msg = (
-            f"Skipped a bad record of {self._where()}: {where}: {reason} "
+            f"Skipped a bad record of {self.describe()}: {where}: {reason} "
             f"[{self.num_skipped} skipped of {self.num_seen} records so far]"
         )
         if self.num_skipped <= _NUM_SKIPS_LOGGED_INDIVIDUALLY:
@@ -117,7 +118,7 @@ class SkipTracker:
         self.num_bad_shards += 1
         self.last_error = f"{shard}: {reason}"
         logger.warning(
-            f"Unreadable shard of {self._where()}: {shard}: {reason} "
+            f"Unreadable shard of {self.describe()}: {shard}: {reason} "
             f"[{self.num_bad_shards} unreadable shard(s) so far; records read before the "
             f"failure are kept]"
         )
@@ -128,7 +129,7 @@ class SkipTracker:
             return
         worst = ", ".join(f"{g} ({n})" for g, n in self.skips_by_group.most_common(5))
         raise SkippedRecordsError(
-            f"Too many bad records in caption dataset {self._where()}, read from {self.source}: "
+            f"Too many bad records in caption dataset {self.describe()}, read from {self.source}: "
             f"{self.num_skipped} of {self.num_seen} records skipped "
             f"({self.skipped_fraction:.1%}) > DATALOADER.MAX_SKIP_FRACTION = "
             f"{self.max_skip_fraction:g}. Skips by source: {worst}. Last error: "
@@ -139,6 +140,6 @@ class SkipTracker:
     def summary(self) -> str:
         """One line with the counts, for the log."""
         return (
-            f"{self._where()}: {self.num_seen} records, {self.num_skipped} skipped "
+            f"{self.describe()}: {self.num_seen} records, {self.num_skipped} skipped "
             f"({self.skipped_fraction:.1%}), {self.num_bad_shards} unreadable shard(s)"
         )
