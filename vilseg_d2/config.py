@@ -48,6 +48,8 @@ def add_vilseg_config(cfg: CN) -> None:
     # Output dim of the projection head Phi_a of the vision (multi-crop) contrast.
     cfg.MODEL.VILSEG.PROJ_DIM = 2048
     cfg.MODEL.VILSEG.PROJ_HIDDEN_DIM = 0  # 0 = the paper's single linear layer
+    # Cosine logits (DINO's weight-normalised last layer); False = a plain linear layer.
+    cfg.MODEL.VILSEG.PROJ_NORMALIZE = True
     # Global image embedding e_v: "mean" of the per-pixel embeddings (paper) or "cls" token.
     cfg.MODEL.VILSEG.GLOBAL_POOL = "mean"
     # Loss weights; 0 ablates the objective and skips its compute.

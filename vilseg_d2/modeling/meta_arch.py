@@ -296,7 +296,7 @@ class ViLSeg(nn.Module):
             storage = get_event_storage()
         except AssertionError:  # not inside a trainer
             return
-        storage.put_scalar("logit_scale", float(self.scale()), smoothing_hint=False)
+        storage.put_scalar("logit_scale", float(self.scale().detach()), smoothing_hint=False)
         storage.put_scalar("teacher_temp", self._teacher_temperature(), smoothing_hint=False)
 
     # ------------------------------------------------------------------ inference
