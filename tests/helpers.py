@@ -1,10 +1,13 @@
 """Small builders shared by the model tests."""
 
+import os
+
 from detectron2.config import get_cfg
 
 from vilseg_d2 import add_vilseg_config
 
-TINY_CONFIG = "configs/vilseg_tiny.yaml"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_CONFIG = os.path.join(ROOT, "configs", "vilseg_tiny.yaml")
 
 
 def tiny_cfg(**overrides):
