@@ -17,18 +17,13 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.file_io import PathManager
 
 from ..caption_datasets import read_caption_manifest, read_coco_captions, resolve_shards
+from .register_sem_seg import remove_if_registered
 
 __all__ = ["register_caption_dataset", "require_file", "register_all_caption_datasets", "CAPTION_SOURCE_TYPES"]
 
 logger = logging.getLogger(__name__)
 
 CAPTION_SOURCE_TYPES = ("manifest", "coco", "shards")
-
-
-def _remove_if_registered(name: str) -> None:
-    if name in DatasetCatalog.list():
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
 
 
 def require_file(name: str, path: str, hint: str) -> None:
@@ -78,7 +73,7 @@ def register_caption_dataset(
             f"register_caption_dataset({name!r}) needs exactly one of manifest=, coco_json=, "
             f"shards=; got {given or 'none'}."
         )
-    _remove_if_registered(name)
+    remove_if_registered(name)
     meta = {"image_key": image_key, "caption_key": caption_key, "missing_hint": missing_hint}
     if manifest:
         meta.update(caption_source_type="manifest", manifest=manifest,

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import os
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import load_sem_seg
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
+
+from .register_sem_seg import register_sem_seg_dataset
 
 __all__ = [
     "COCO_STUFF_CATEGORIES",
@@ -49,20 +49,10 @@ COCO_STUFF_UNSEEN_CLASSES = [
 
 def register_coco_stuff_164k(root: str) -> None:
     """Register ``coco_stuff_164k_sem_seg_val`` under ``root`` (``$DETECTRON2_DATASETS``)."""
-    name = "coco_stuff_164k_sem_seg_val"
-    image_dir = os.path.join(root, "coco", "val2017")
-    gt_dir = os.path.join(root, "coco", "stuffthingmaps_detectron2", "val2017")
-    if name in DatasetCatalog.list():
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
-    DatasetCatalog.register(
-        name, lambda: load_sem_seg(gt_dir, image_dir, gt_ext="png", image_ext="jpg")
-    )
-    MetadataCatalog.get(name).set(
-        image_root=image_dir,
-        sem_seg_root=gt_dir,
-        evaluator_type="sem_seg",
-        ignore_label=255,
-        stuff_classes=list(COCO_STUFF_CLASSES),
-        unseen_classes=list(COCO_STUFF_UNSEEN_CLASSES),
+    register_sem_seg_dataset(
+        "coco_stuff_164k_sem_seg_val",
+        image_dir=os.path.join(root, "coco", "val2017"),
+        gt_dir=os.path.join(root, "coco", "stuffthingmaps_detectron2", "val2017"),
+        stuff_classes=COCO_STUFF_CLASSES,
+        unseen_classes=COCO_STUFF_UNSEEN_CLASSES,
     )

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import os
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import load_sem_seg
+from .register_sem_seg import register_sem_seg_dataset
 
 __all__ = ["PASCAL_CONTEXT_59_CLASSES", "PASCAL_CONTEXT_UNSEEN_CLASSES", "register_pascal_context"]
 
@@ -35,18 +34,10 @@ def register_pascal_context(root: str) -> None:
         ("pascal_context_60_sem_seg_val", "pc60_val", ["background"] + PASCAL_CONTEXT_59_CLASSES),
     ]
     for name, ann, classes in variants:
-        gt_dir = os.path.join(base, "annotations_detectron2", ann)
-        if name in DatasetCatalog.list():
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
-        DatasetCatalog.register(
-            name, lambda x=image_dir, y=gt_dir: load_sem_seg(y, x, gt_ext="png", image_ext="jpg")
-        )
-        MetadataCatalog.get(name).set(
-            image_root=image_dir,
-            sem_seg_root=gt_dir,
-            evaluator_type="sem_seg",
-            ignore_label=255,
-            stuff_classes=list(classes),
-            unseen_classes=list(PASCAL_CONTEXT_UNSEEN_CLASSES),
+        register_sem_seg_dataset(
+            name,
+            image_dir=image_dir,
+            gt_dir=os.path.join(base, "annotations_detectron2", ann),
+            stuff_classes=classes,
+            unseen_classes=PASCAL_CONTEXT_UNSEEN_CLASSES,
         )

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import os
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_sem_seg
 
 from ..synthetic import STUFF_CLASSES, STUFF_COLORS
 from .register_captions import register_caption_dataset
+from .register_sem_seg import register_sem_seg_dataset
 
 __all__ = ["register_synthetic_world", "default_synthetic_root", "SYNTHETIC_TRAIN", "SYNTHETIC_VAL"]
 
@@ -64,17 +64,12 @@ def register_synthetic_world(root: str | None = None) -> None:
         image_root=root,
         missing_hint=hint,
     )
-    if SYNTHETIC_VAL in DatasetCatalog.list():
-        DatasetCatalog.remove(SYNTHETIC_VAL)
-        MetadataCatalog.remove(SYNTHETIC_VAL)
-    DatasetCatalog.register(SYNTHETIC_VAL, lambda: _load_val(root))
-    MetadataCatalog.get(SYNTHETIC_VAL).set(
-        image_root=os.path.join(root, "val", "images"),
-        sem_seg_root=os.path.join(root, "val", "masks"),
-        evaluator_type="sem_seg",
-        ignore_label=255,
-        stuff_classes=list(STUFF_CLASSES),
-        stuff_colors=[list(c) for c in STUFF_COLORS],
-        unseen_classes=[],
+    register_sem_seg_dataset(
+        SYNTHETIC_VAL,
+        image_dir=os.path.join(root, "val", "images"),
+        gt_dir=os.path.join(root, "val", "masks"),
+        stuff_classes=STUFF_CLASSES,
+        stuff_colors=STUFF_COLORS,
+        loader=lambda: _load_val(root),
         missing_hint=hint,
     )

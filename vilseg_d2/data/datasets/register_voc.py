@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import os
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import load_sem_seg
+from .register_sem_seg import register_sem_seg_dataset
 
 __all__ = ["VOC_CLASSES", "VOC_UNSEEN_CLASSES", "voc_palette", "register_voc_2012"]
 
@@ -48,19 +47,11 @@ def register_voc_2012(root: str) -> None:
         ("voc_2012_sem_seg_val_20", "annotations_detectron2_20", VOC_CLASSES, palette[1:]),
     ]
     for name, ann, classes, colors in variants:
-        gt_dir = os.path.join(voc, ann, "val")
-        if name in DatasetCatalog.list():
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
-        DatasetCatalog.register(
-            name, lambda x=image_dir, y=gt_dir: load_sem_seg(y, x, gt_ext="png", image_ext="jpg")
-        )
-        MetadataCatalog.get(name).set(
-            image_root=image_dir,
-            sem_seg_root=gt_dir,
-            evaluator_type="sem_seg",
-            ignore_label=255,
+        register_sem_seg_dataset(
+            name,
+            image_dir=image_dir,
+            gt_dir=os.path.join(voc, ann, "val"),
             stuff_classes=classes,
+            unseen_classes=VOC_UNSEEN_CLASSES,
             stuff_colors=colors,
-            unseen_classes=list(VOC_UNSEEN_CLASSES),
         )
