@@ -223,3 +223,10 @@ def test_background_threshold_and_sliding_window(eval_model):
     assert windowed["sem_seg"].shape == (2, 96, 400)
     assert torch.allclose(windowed["sem_seg"].sum(0), torch.ones(96, 400), atol=1e-4)
     eval_model.sliding_window_size = 0
+
+
+def test_crop_sizes_must_be_multiples_of_the_patch():
+    with pytest.raises(ValueError, match=r"INPUT.VILSEG.LOCAL_SIZE=60 is not a multiple of the backbone's patch size 16"):
+        build_model(tiny_cfg(INPUT__VILSEG__LOCAL_SIZE=60))
+    with pytest.raises(ValueError, match=r"INPUT.VILSEG.GLOBAL_SIZE=100"):
+        build_model(tiny_cfg(INPUT__VILSEG__GLOBAL_SIZE=100))

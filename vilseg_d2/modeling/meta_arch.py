@@ -152,6 +152,14 @@ class ViLSeg(nn.Module):
             raise ValueError(f"ViLSeg needs MODEL.BACKBONE.NAME = 'D2OpenCLIPViT', got {cfg.MODEL.BACKBONE.NAME!r}.")
         if "emb" not in backbone.output_shape():
             raise ValueError("ViLSeg needs the backbone's 'emb' output: include it in MODEL.CLIP_VIT.OUT_FEATURES.")
+        patch = backbone.size_divisibility
+        for key in ("GLOBAL_SIZE", "LOCAL_SIZE"):
+            size = cfg.INPUT.VILSEG[key]
+            if size % patch:
+                raise ValueError(
+                    f"INPUT.VILSEG.{key}={size} is not a multiple of the backbone's patch size {patch}; "
+                    f"use e.g. {max(patch, round(size / patch) * patch)}."
+                )
         vocabulary = None
         if cfg.DATASETS.TEST:
             vocabulary = MetadataCatalog.get(cfg.DATASETS.TEST[0]).get("stuff_classes", None)
