@@ -1,0 +1,101 @@
+"""tools/benchmark.py in its seconds-long tiny mode: the JSON's structure, never its speeds."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODES = ("backbone", "online", "kmeans", "dense")
+
+
+def _positive(x):
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def _check_measurement(m, rate_key):
+    assert m["reps"] >= 1 and m["warmup"] >= 0
+    assert len(m["times_s"]) == m["reps"] and all(_positive(t) for t in m["times_s"])
+    assert _positive(m["median_s"]) and _positive(m[rate_key])
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    cmd = [sys.executable, os.path.join(REPO, "tools", "benchmark.py"), "--tiny", "--threads", "1", "--output", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| target |" in proc.stdout  # the readable table
+    with open(out, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def test_machine_and_settings(results):
+    machine = results["machine"]
+    assert machine["cpu_model"] and machine["torch"] and machine["python"]
+    assert machine["torch_threads"] == 1 and results["settings"]["threads"] == 1
+    assert results["settings"]["tiny"] is True
+    assert "clear_refs" in results["settings"]["memory_method"]
+    assert set(results["configs"]) == {"tiny"}
+    assert _positive(results["total_s"])
+
+
+def test_inference_vocabulary_and_sizes(results):
+    res = results["configs"]["tiny"]
+    for dtype in ("fp32", "bf16"):
+        for mode in MODES:
+            _check_measurement(res["inference"][dtype][mode], "images_per_s")
+        assert set(res["vocabulary"][dtype]) == {"21", "1000"}
+        for m in res["vocabulary"][dtype].values():
+            _check_measurement(m, "images_per_s")
+    assert _positive(res["vocabulary"]["text_encoding_s"]["1000"])
+    sizes = res["sizes"]["results"]
+    assert res["sizes"]["reference"] in sizes
+    windowed = [m for m in sizes.values() if m["windows"] > 1]
+    assert len(windowed) == 2 and {m["stride"] for m in windowed} == set(res["profile"]["strides"])
+    for m in sizes.values():
+        _check_measurement(m, "images_per_s")
+        assert _positive(m["time_over_area_proportional"]) and m["pixels"] == m["height"] * m["width"]
+
+
+def test_training_and_memory(results):
+    res = results["configs"]["tiny"]
+    for dtype in ("fp32", "bf16"):
+        m = res["training"][f"train_{dtype}"]
+        _check_measurement(m, "samples_per_s")
+        assert m["batch"] == res["profile"]["train_batch"] and m["dtype"] == dtype
+        assert _positive(m["memory"]["peak_rss_bytes"]) and m["memory"]["peak_reset"] is True
+        inf = res["memory"][f"inference_{dtype}"]
+        assert inf["memory"]["peak_rss_bytes"] >= inf["memory"]["rss_at_start_bytes"] > 0
+    assert res["memory"]["method"] and _positive(res["memory"]["rss_after_build_bytes"])
+
+
+def test_loader(results):
+    loader = results["loader"]
+    _check_measurement(loader["mapper"], "samples_per_s")
+    _check_measurement(loader["loader"], "samples_per_s")
+    assert loader["loader"]["num_workers"] == 2 and loader["mapper"]["threads"] == 1
+    assert _positive(loader["consumption"]["samples_per_s"])
+
+
+def test_targets(results):
+    targets = results["targets"]
+    names = {t["name"] for t in targets}
+    expected = {
+        "tiny/online_over_backbone_fp32",
+        "tiny/online_speedup_over_kmeans_fp32",
+        "tiny/vocab1000_over_vocab21_fp32",
+        "tiny/bf16_speedup_online",
+        "tiny/sliding_window_linearity",
+        "tiny/inference_peak_rss_gib",
+        "loader_over_training_consumption",
+    }
+    assert expected <= names
+    for t in targets:
+        assert set(t) >= {"name", "measured", "threshold", "comparison", "met", "description"}
+        assert _positive(t["measured"]) and _positive(t["threshold"])
+        assert isinstance(t["met"], bool) and t["comparison"] in ("<=", ">=")
+        assert t["met"] == (t["measured"] <= t["threshold"] if t["comparison"] == "<=" else t["measured"] >= t["threshold"])
