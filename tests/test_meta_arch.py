@@ -230,3 +230,13 @@ def test_crop_sizes_must_be_multiples_of_the_patch():
         build_model(tiny_cfg(INPUT__VILSEG__LOCAL_SIZE=60))
     with pytest.raises(ValueError, match=r"INPUT.VILSEG.GLOBAL_SIZE=100"):
         build_model(tiny_cfg(INPUT__VILSEG__GLOBAL_SIZE=100))
+
+
+def test_sliding_windows_cover_the_image_without_extra_area():
+    from vilseg_d2.modeling.meta_arch import _windows
+
+    assert _windows(100, 448, 320) == [(0, 100)]
+    assert _windows(2048, 448, 448) == [(0, 448), (448, 896), (896, 1344), (1344, 1792), (1792, 2048)]
+    wins = _windows(1024, 448, 320)
+    assert wins[0][0] == 0 and wins[-1][1] == 1024
+    assert all(b - a <= 448 for a, b in wins) and all(a2 <= b1 for (_, b1), (a2, _) in zip(wins, wins[1:]))

@@ -332,45 +332,52 @@ class ViLSeg(nn.Module):
             text = self.text_encoder.class_embeddings(vocab[1:] if self.bg_threshold > 0 else vocab)
             image = self._normalize([x["image"]])[0]  # 3 x H x W
             H, W = image.shape[-2:]
-            scores, clusters = self.segment(image, text)  # K x H x W, H x W
-            height, width = x.get("height", H), x.get("width", W)
-            sem_seg = sem_seg_postprocess(scores, (H, W), height, width)
-            clusters = F.interpolate(clusters[None, None].float(), size=(height, width), mode="nearest")[0, 0]
-            results.append({"sem_seg": sem_seg, "clusters": clusters.long()})
+            output_size = (x.get("height", H), x.get("width", W))
+            sem_seg, clusters = self.segment(image, text, output_size)
+            results.append({"sem_seg": sem_seg, "clusters": clusters})
         return results
 
-    def segment(self, image: torch.Tensor, text: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def segment(
+        self, image: torch.Tensor, text: torch.Tensor, output_size: Optional[Tuple[int, int]] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Segment one normalised image, whole or window by window.
 
         Args:
             image: 3 x H x W normalised image.
             text: K' x D unit-norm class embeddings (K' = K - 1 with a background threshold).
+            output_size: (height, width) of the result, default (H, W), reached with Detectron2's
+                ``sem_seg_postprocess``; the clustering modes resize their C cluster logits and
+                then look up the class scores, rather than resizing K score maps.
 
         Returns:
-            (K x H x W class probabilities, H x W long cluster ids; for "dense", the class ids).
+            (K x height x width class probabilities, height x width long cluster ids; for
+            "dense", the class ids).
         """
-        size, stride = self.sliding_window_size, self.sliding_window_stride
         H, W = image.shape[-2:]
+        output_size = tuple(output_size or (H, W))
+        size, stride = self.sliding_window_size, self.sliding_window_stride
         if size <= 0 or (H <= size and W <= size):
-            return self._segment_whole(image, text)
-        ys = _window_starts(H, size, stride)
-        xs = _window_starts(W, size, stride)
+            return self._segment_whole(image, text, output_size)
         scores = None
         count = image.new_zeros(1, H, W)
         clusters = torch.zeros(H, W, dtype=torch.long, device=image.device)
-        for y in ys:
-            for x in xs:
-                crop = image[:, y : y + size, x : x + size]
-                s, c = self._segment_whole(crop, text)
+        for y0, y1 in _windows(H, size, stride):
+            for x0, x1 in _windows(W, size, stride):
+                s, c = self._segment_whole(image[:, y0:y1, x0:x1], text, (y1 - y0, x1 - x0))
                 if scores is None:
                     scores = s.new_zeros(s.shape[0], H, W)
-                h, w = crop.shape[-2:]
-                scores[:, y : y + h, x : x + w] += s
-                count[:, y : y + h, x : x + w] += 1
-                clusters[y : y + h, x : x + w] = c
-        return scores / count, clusters
+                scores[:, y0:y1, x0:x1] += s
+                count[:, y0:y1, x0:x1] += 1
+                clusters[y0:y1, x0:x1] = c
+        scores = scores / count
+        if output_size != (H, W):
+            scores = sem_seg_postprocess(scores, (H, W), *output_size)
+            clusters = F.interpolate(clusters[None, None].float(), size=output_size, mode="nearest")[0, 0].long()
+        return scores, clusters
 
-    def _segment_whole(self, image: torch.Tensor, text: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _segment_whole(
+        self, image: torch.Tensor, text: torch.Tensor, output_size: Tuple[int, int]
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         H, W = image.shape[-2:]
         patch = self.backbone.size_divisibility
         padded = ImageList.from_tensors([image], size_divisibility=patch).tensor  # 1 x 3 x Hp x Wp
@@ -379,12 +386,15 @@ class ViLSeg(nn.Module):
         h, w = emb.shape[-2:]
         emb_flat = F.normalize(emb[0].flatten(1).t(), dim=-1)  # hw x D
 
+        def to_output(maps: torch.Tensor) -> torch.Tensor:
+            """N x h x w token-grid maps -> N x height x width (padding cropped, then resized)."""
+            up = F.interpolate(maps[None], size=(Hp, Wp), mode="bilinear", align_corners=False)[0]
+            return up[:, :H, :W] if output_size == (H, W) else sem_seg_postprocess(up, (H, W), *output_size)
+
         if self.inference_mode == "dense":
-            logits = self.scale() * (emb_flat @ text.t())  # hw x K'
-            logits = logits.t().reshape(1, -1, h, w)
-            probs = self._with_background(F.interpolate(logits, size=(Hp, Wp), mode="bilinear").softmax(1)[0])
-            probs = probs[:, :H, :W]
-            return probs, probs.argmax(0)
+            logits = (self.scale() * (emb_flat @ text.t())).t().reshape(-1, h, w)  # K' x h x w
+            probs = self._with_background(to_output(logits).softmax(0))
+            return probs, probs.max(0).indices
 
         if self.inference_mode == "online":
             cluster_logits = self.clustering_head.layers({self.clustering_head.in_feature: emb})[0].float()
@@ -395,18 +405,17 @@ class ViLSeg(nn.Module):
 
         # Region features (paper: e_rgn = mean of e_pxl over M_c), from token-level assignments;
         # a cluster that only wins after upsampling falls back to its soft-weighted mean.
-        token_assign = cluster_logits.flatten(1).argmax(0)  # hw
+        token_assign = cluster_logits.flatten(1).max(0).indices  # hw
         weights = F.one_hot(token_assign, num_clusters).float()  # hw x C
-        soft = cluster_logits.flatten(1).t().softmax(-1)  # hw x C
         empty = weights.sum(0) == 0
-        weights[:, empty] = soft[:, empty]
+        weights[:, empty] = cluster_logits.flatten(1).t().softmax(-1)[:, empty]
         region = F.normalize(weights.t() @ emb_flat, dim=-1)  # C x D
         region_probs = self._with_background((self.scale() * region @ text.t()).softmax(-1).t())  # K x C
 
-        # Pixel-level assignment: upsample the cluster logits, then each pixel takes its region's scores.
-        up = F.interpolate(cluster_logits[None], size=(Hp, Wp), mode="bilinear")[0, :, :H, :W]
-        assign = up.argmax(0)  # H x W
-        return region_probs[:, assign], assign
+        # Pixel-level assignment from the upsampled cluster logits; each pixel takes its region's scores.
+        assign = to_output(cluster_logits).max(0).indices  # height x width
+        scores = region_probs.index_select(1, assign.flatten()).view(-1, *assign.shape)
+        return scores, assign
 
     def _with_background(self, probs: torch.Tensor) -> torch.Tensor:
         """With a background threshold, prepend the constant background score (class 0)."""
@@ -416,11 +425,10 @@ class ViLSeg(nn.Module):
         return torch.cat([bg, probs], dim=0)
 
 
-def _window_starts(length: int, size: int, stride: int) -> List[int]:
-    """Window offsets covering [0, length) with windows of ``size`` every ``stride``."""
-    if length <= size:
-        return [0]
-    starts = list(range(0, length - size + 1, stride))
-    if starts[-1] + size < length:
-        starts.append(length - size)
-    return starts
+def _windows(length: int, size: int, stride: int) -> List[Tuple[int, int]]:
+    """[start, end) windows of at most ``size`` every ``stride`` covering [0, length); the last
+    one stops at the border (shorter, not shifted back), so no area is processed twice for nothing."""
+    starts = [0]
+    while starts[-1] + size < length:
+        starts.append(starts[-1] + stride)
+    return [(s, min(s + size, length)) for s in starts]
