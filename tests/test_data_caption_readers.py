@@ -15,15 +15,6 @@ from vilseg_d2.data.caption_stream import CaptionTrainStream
 from vilseg_d2.data.skip_tracker import BadRecordError
 
 
-@pytest.fixture
-def vlog(caplog):
-    lg = logging.getLogger("vilseg_d2")
-    lg.addHandler(caplog.handler)
-    old = lg.level
-    lg.setLevel(logging.INFO)
-    yield caplog
-    lg.removeHandler(caplog.handler)
-    lg.setLevel(old)
 
 
 def _jsonl(path, lines):

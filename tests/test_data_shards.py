@@ -15,16 +15,6 @@ from vilseg_d2.data.caption_stream import CaptionTrainStream, ShardCaptionSource
 from vilseg_d2.data.skip_tracker import SkipTracker
 
 
-@pytest.fixture
-def vlog(caplog):
-    """Capture vilseg_d2's log even if Detectron2's setup_logger stopped its propagation."""
-    lg = logging.getLogger("vilseg_d2")
-    lg.addHandler(caplog.handler)
-    old = lg.level
-    lg.setLevel(logging.INFO)
-    yield caplog
-    lg.removeHandler(caplog.handler)
-    lg.setLevel(old)
 
 
 def small_mapper():

@@ -17,8 +17,6 @@ import os
 import sys
 
 import numpy as np
-import torch
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
@@ -27,7 +25,7 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import vilseg_d2  # noqa: E402,F401
-from vilseg_d2 import add_vilseg_config  # noqa: E402
+from vilseg_d2.config import get_vilseg_cfg  # noqa: E402
 from vilseg_d2.modeling import parse_vocabulary  # noqa: E402
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -81,12 +79,7 @@ def list_images(inputs) -> list:
 
 
 def setup_cfg(args):
-    cfg = get_cfg()
-    add_vilseg_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
+    cfg = get_vilseg_cfg(args.config_file, args.opts)
     cfg.DATASETS.TEST = ()
     cfg.freeze()
     return cfg

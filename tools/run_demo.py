@@ -21,7 +21,6 @@ import time
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
@@ -30,7 +29,7 @@ from PIL import Image
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 import vilseg_d2  # noqa: E402,F401
-from vilseg_d2 import add_vilseg_config  # noqa: E402
+from vilseg_d2.config import get_vilseg_cfg  # noqa: E402
 from vilseg_d2.data import generate_synthetic_world, register_synthetic_world  # noqa: E402
 from vilseg_d2.engine import ViLSegTrainer  # noqa: E402
 
@@ -60,11 +59,8 @@ def ensure_world(data_dir: str) -> None:
 
 
 def make_cfg(args, output_dir: str, extra=()):
-    cfg = get_cfg()
-    add_vilseg_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "SOLVER.AMP.ENABLED", True, "SOLVER.AMP.DTYPE", "bf16",
-                         "OUTPUT_DIR", output_dir, "TEST.EVAL_PERIOD", 0, *extra, *args.opts])
+    cfg = get_vilseg_cfg(args.config_file, ["MODEL.DEVICE", "cpu", "SOLVER.AMP.ENABLED", True, "SOLVER.AMP.DTYPE",
+                                            "bf16", "OUTPUT_DIR", output_dir, "TEST.EVAL_PERIOD", 0, *extra, *args.opts])
     cfg.freeze()
     return cfg
 

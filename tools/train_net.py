@@ -13,26 +13,19 @@ import logging
 import os
 import sys
 
-import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import vilseg_d2  # noqa: E402,F401  (fills the registries)
-from vilseg_d2 import add_vilseg_config  # noqa: E402
+from vilseg_d2.config import get_vilseg_cfg  # noqa: E402
 from vilseg_d2.engine import ViLSegTrainer  # noqa: E402
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_vilseg_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
+    cfg = get_vilseg_cfg(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
     if cfg.MODEL.DEVICE == "cpu":

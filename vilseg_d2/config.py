@@ -115,3 +115,19 @@ def add_vilseg_config(cfg: CN) -> None:
     # "unseen" = only its unseen_classes are candidates, other pixels ignored (the paper's protocol).
     cfg.TEST.VILSEG = CN()
     cfg.TEST.VILSEG.VOCABULARY = "all"
+
+
+def get_vilseg_cfg(config_file: str = "", opts=()) -> CN:
+    """A Detectron2 config with ViL-Seg's keys, ``config_file`` and ``opts`` merged in, and
+    ``MODEL.DEVICE`` set to "cpu" when it asks for CUDA on a machine without it. Not frozen."""
+    import torch
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    add_vilseg_config(cfg)
+    if config_file:
+        cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    return cfg
