@@ -125,9 +125,38 @@ def get_vilseg_cfg(config_file: str = "", opts=()) -> CN:
 
     cfg = get_cfg()
     add_vilseg_config(cfg)
-    if config_file:
-        cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    try:
+        if config_file:
+            cfg.merge_from_file(config_file)
+        cfg.merge_from_list(list(opts))
+    except (KeyError, AssertionError) as e:
+        raise _unknown_key_error(cfg, str(e)) from e
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
     return cfg
+
+
+def _all_keys(node: CN, prefix: str = "") -> list:
+    keys = []
+    for k, v in node.items():
+        keys += _all_keys(v, f"{prefix}{k}.") if isinstance(v, CN) else [prefix + k]
+    return keys
+
+
+def _unknown_key_error(cfg: CN, message: str) -> Exception:
+    """Turn yacs' "Non-existent key: X" into an error that also says which keys exist."""
+    import difflib
+    import re
+
+    match = re.search(r"Non-existent (?:config )?key: ([\w.]+)", message)
+    if not match:
+        return KeyError(message)
+    key = match.group(1)
+    section, _, leaf = key.rpartition(".")
+    siblings = [k for k in _all_keys(cfg) if k.rpartition(".")[0] == section]
+    close = difflib.get_close_matches(leaf, [k.rpartition(".")[2] for k in siblings], n=3, cutoff=0.75)
+    if close:
+        hint = "Did you mean " + " or ".join(f"{section}.{c}" if section else c for c in close) + "?"
+    else:
+        hint = f"Keys under {section or 'the root'}: {', '.join(siblings[:40])}."
+    return KeyError(f"Unknown config key {key}. {hint}")
