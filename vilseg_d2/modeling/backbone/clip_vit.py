@@ -90,8 +90,8 @@ class D2OpenCLIPViT(Backbone):
         self.visual.set_grad_checkpointing(grad_checkpointing)
         self._out_features = list(out_features)
         self._out_feature_strides = {k: self.patch_size for k in out_features}
-        self._out_feature_channels = {"emb": self.embed_dim, "res": self.width}
-        self._out_feature_channels = {k: self._out_feature_channels[k] for k in out_features}
+        channels = {"emb": self.embed_dim, "res": self.width}
+        self._out_feature_channels = {k: channels[k] for k in out_features}
         if freeze:
             for p in self.parameters():
                 p.requires_grad_(False)
