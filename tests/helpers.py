@@ -2,9 +2,7 @@
 
 import os
 
-from detectron2.config import get_cfg
-
-from vilseg_d2 import add_vilseg_config
+from vilseg_d2.config import get_vilseg_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CONFIG = os.path.join(ROOT, "configs", "vilseg_tiny.yaml")
@@ -12,13 +10,7 @@ TINY_CONFIG = os.path.join(ROOT, "configs", "vilseg_tiny.yaml")
 
 def tiny_cfg(**overrides):
     """The tiny CPU config, no test dataset, with ``KEY=value`` overrides (dots as '__')."""
-    cfg = get_cfg()
-    add_vilseg_config(cfg)
-    cfg.merge_from_file(TINY_CONFIG)
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.DATASETS.TEST = ()
-    opts = []
+    opts = ["MODEL.DEVICE", "cpu", "DATASETS.TEST", ()]
     for k, v in overrides.items():
         opts += [k.replace("__", "."), v]
-    cfg.merge_from_list(opts)
-    return cfg
+    return get_vilseg_cfg(TINY_CONFIG, opts)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.engine import hooks
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
@@ -76,7 +77,7 @@ def train(cfg):
         return model, 0.0
     trainer = ViLSegTrainer(cfg)
     trainer.resume_or_load(resume=True)
-    trainer._hooks = [h for h in trainer._hooks if type(h).__name__ != "EvalHook"]  # evaluated below
+    trainer._hooks = [h for h in trainer._hooks if not isinstance(h, hooks.EvalHook)]  # evaluated below
     trainer.train()
     model = trainer.model
     return getattr(model, "module", model), time.perf_counter() - start
