@@ -110,6 +110,9 @@ def add_vilseg_config(cfg: CN) -> None:
     cfg.SOLVER.EPS = 1e-6
     # "bf16" | "fp16" (CUDA only) for the AMP autocast dtype; enable with SOLVER.AMP.ENABLED.
     cfg.SOLVER.AMP.DTYPE = "bf16"
+    # Training metrics (metrics.json, TensorBoard) are written every LOG_PERIOD iterations, each
+    # line the median of the LOG_PERIOD iterations since the last one (1 = every iteration's value).
+    cfg.SOLVER.LOG_PERIOD = 20
 
     # Evaluation vocabulary: "all" = the dataset's stuff_classes (whole-vocabulary evaluation);
     # "unseen" = only its unseen_classes are candidates, other pixels ignored (the paper's protocol).

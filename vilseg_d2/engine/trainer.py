@@ -10,8 +10,9 @@ from typing import Dict, List, Optional
 import torch
 from detectron2.data import DatasetMapper, MetadataCatalog, build_detection_test_loader
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model
+from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.utils import comm
+from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
 from detectron2.utils.logger import setup_logger
 
 from ..data.build import build_caption_train_loader
@@ -56,8 +57,9 @@ class _TestMapper:
 
 class ViLSegTrainer(DefaultTrainer):
     """DefaultTrainer with: the caption loader, AdamW groups, autocast on CPU or CUDA
-    (``SOLVER.AMP.ENABLED`` + ``SOLVER.AMP.DTYPE``), NaN checks naming the loss, and
-    :class:`ViLSegSemSegEvaluator` with the vocabulary of ``TEST.VILSEG.VOCABULARY``."""
+    (``SOLVER.AMP.ENABLED`` + ``SOLVER.AMP.DTYPE``), NaN checks naming the loss,
+    :class:`ViLSegSemSegEvaluator` with the vocabulary of ``TEST.VILSEG.VOCABULARY``, and
+    metrics written every ``SOLVER.LOG_PERIOD`` iterations."""
 
     def __init__(self, cfg):
         # DefaultTrainer.__init__, with two changes: the autocast step (AMPTrainer is CUDA-only)
@@ -83,6 +85,27 @@ class ViLSegTrainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def build_hooks(self):
+        """DefaultTrainer's hooks, with the writers run every ``SOLVER.LOG_PERIOD`` iterations."""
+        period = int(self.cfg.SOLVER.LOG_PERIOD)
+        if period < 1:
+            raise ValueError(f"SOLVER.LOG_PERIOD must be >= 1, got {period}.")
+        return [
+            hooks.PeriodicWriter(h._writers, period=period) if isinstance(h, hooks.PeriodicWriter) else h
+            for h in super().build_hooks()
+        ]
+
+    def build_writers(self):
+        """Detectron2's default writers; metrics.json and TensorBoard smooth over the
+        ``SOLVER.LOG_PERIOD`` iterations each write covers (1: every iteration's own value)."""
+        window = int(self.cfg.SOLVER.LOG_PERIOD)
+        os.makedirs(self.cfg.OUTPUT_DIR, exist_ok=True)
+        return [
+            CommonMetricPrinter(self.max_iter),
+            JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"), window_size=window),
+            TensorboardXWriter(self.cfg.OUTPUT_DIR, window_size=window),
+        ]
 
     @classmethod
     def build_train_loader(cls, cfg):
