@@ -152,7 +152,8 @@ def build_caption_train_loader(cfg, mapper: Callable[[dict], dict] | None = None
         mapper: record -> sample; default ``ViLSegCaptionDatasetMapper(cfg, True)``.
 
     Returns:
-        An infinite iterable of ``list[dict]`` (this rank's batch of mapper outputs).
+        An infinite iterable of ``list[dict]`` (this rank's batch of mapper outputs); its
+        ``dataset`` is the :class:`CaptionTrainStream`, whose ``set_start_iteration`` resumes it.
     """
     names = cfg.DATASETS.TRAIN
     if isinstance(names, str):
@@ -181,8 +182,14 @@ def build_caption_train_loader(cfg, mapper: Callable[[dict], dict] | None = None
             "Mixing caption datasets: "
             + ", ".join(f"{n} ({w / total:.1%})" for n, _, w in sources)
         )
+    batch_size = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
     dataset = CaptionTrainStream(
-        sources, mapper, max_skip_fraction=max_skip, min_records=min_records
+        sources,
+        mapper,
+        max_skip_fraction=max_skip,
+        min_records=min_records,
+        seed=seed,
+        batch_size=max(batch_size, 1),
     )
     return build_batch_data_loader(
         dataset,

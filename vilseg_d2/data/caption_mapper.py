@@ -42,8 +42,9 @@ class ViLSegCaptionDatasetMapper:
       features: ``feat.flip(-1)``).
     * ``"caption"``: str.
 
-    Randomness comes from ``np.random`` as in Detectron2's augmentations (Detectron2's
-    DataLoader reseeds it per worker).
+    Randomness comes from ``np.random`` as in Detectron2's augmentations; the caption stream
+    (:class:`CaptionTrainStream`) seeds it per record, which makes runs reproducible and
+    resumable.
 
     Raises:
         BadRecordError: from ``__call__`` for a record that cannot be used (missing or corrupt

@@ -2,7 +2,8 @@
 
 * :class:`MapStyleCaptionSource`: a list of records (manifest, COCO captions) drawn in the
   order of Detectron2's :class:`TrainingSampler` (reshuffled every pass, split across ranks),
-  split across DataLoader workers by Detectron2's :class:`ToIterableDataset`.
+  split across DataLoader workers record by record as Detectron2's :class:`ToIterableDataset`
+  does.
 * :class:`ShardCaptionSource`: webdataset tar shards streamed with the ``webdataset`` library
   (never loaded whole): every epoch the shard list is reshuffled with a seed shared by all
   ranks, then split by rank (the rank is taken when the loader is built, like Detectron2's
@@ -14,10 +15,19 @@
 
 A skipped record is replaced by the next one of the same stream, so batches stay full and the
 sampling order of the good records is unchanged.
+
+Determinism and resuming: the stream is a function of the seed, the rank and the record
+positions only. The mapper's random augmentations are drawn from ``np.random`` seeded per record
+from (seed, dataset, rank, position of the record in the rank's stream), and the dataset mixing
+has its own generator per reader, so neither the DataLoader workers' seeds nor the process's
+global RNG state matter. :meth:`CaptionTrainStream.set_start_iteration` (called by the trainer
+on ``--resume``) makes every reader skip what it had delivered before the checkpoint, so a
+resumed run sees the batches an uninterrupted run would have seen (see there for the limits).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -26,7 +36,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch.utils.data as torchdata
-from detectron2.data.common import DatasetFromList, ToIterableDataset
+from detectron2.data.common import DatasetFromList
 from detectron2.data.samplers import TrainingSampler
 from detectron2.utils import comm
 
@@ -70,9 +80,25 @@ class MapStyleCaptionSource:
         self._dataset = DatasetFromList(records, copy=False)
         self._sampler = TrainingSampler(len(records), shuffle=True, seed=seed)
 
-    def iter_records(self, tracker: SkipTracker) -> Iterator[dict]:
-        """Infinite stream of this rank's and this DataLoader worker's records."""
-        yield from ToIterableDataset(self._dataset, self._sampler, shard_chunk_size=1)
+    def iter_records(
+        self, tracker: SkipTracker, *, reader: int | None = None, num_readers: int | None = None, start: int = 0
+    ) -> Iterator[dict]:
+        """Infinite stream of this rank's records read by one DataLoader worker.
+
+        The rank's stream (the sampler's indices) is dealt out record by record: reader ``r``
+        of ``n`` gets positions ``r, r + n, r + 2n, ...``.
+
+        Args:
+            tracker: unused (map-style records are all in memory).
+            reader, num_readers: the reader's place; default: the calling DataLoader worker.
+            start: skip the reader's first ``start`` records (resuming; only indices are
+                drawn, nothing is read or decoded).
+        """
+        if reader is None or num_readers is None:
+            reader, num_readers = worker_info()
+        indices = itertools.islice(iter(self._sampler), reader + num_readers * start, None, num_readers)
+        for index in indices:
+            yield self._dataset[index]
 
     def locate(self, record: dict) -> tuple[str, str]:
         """(record, file it came from) for messages."""
@@ -158,29 +184,50 @@ class ShardCaptionSource:
 
         return stage
 
-    def iter_epoch(self, epoch: int, tracker: SkipTracker) -> Iterator[dict]:
-        """The records this reader gets in ``epoch``: a disjoint part of all shards' samples."""
+    def iter_epoch(self, epoch: int, tracker: SkipTracker, *, resume: int = 0) -> Iterator[dict]:
+        """The records this reader gets in ``epoch``: a disjoint part of all shards' samples.
+
+        ``resume`` > 0 (a resumed run's skip count) gives each epoch another shard order and
+        sample shuffle, deterministic for (seed, epoch, resume).
+        """
         import webdataset as wds
 
         worker, _ = worker_info()
+        shard_seed = self.seed + epoch if resume == 0 else f"{self.seed}-{epoch}-resume-{resume}"
         stages = [
-            wds.SimpleShardList(self.shards, seed=self.seed + epoch),  # same order on all ranks
+            wds.SimpleShardList(self.shards, seed=shard_seed),  # same order on all ranks
             self._split_by_rank,
             wds.split_by_worker,
             self._check_truncation(tracker),
             wds.tarfile_to_samples(handler=self._handler(tracker)),
         ]
         if self.shuffle_buffer > 1:
-            rng = random.Random(f"{self.seed}-{epoch}-{self.rank}-{worker}")
+            rng = random.Random(f"{shard_seed}-{self.rank}-{worker}")
             stages.append(
                 wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer), rng=rng)
             )
         for sample in wds.DataPipeline(*stages):
             yield shard_sample_to_record(sample)
 
-    def iter_records(self, tracker: SkipTracker) -> Iterator[dict]:
-        """Infinite stream: epoch after epoch, each with a new shard order."""
+    def iter_records(
+        self, tracker: SkipTracker, *, reader: int | None = None, num_readers: int | None = None, start: int = 0
+    ) -> Iterator[dict]:
+        """Infinite stream: epoch after epoch, each with a new shard order.
+
+        Args:
+            tracker: counts unreadable shards.
+            reader, num_readers: ignored: shards are split by the calling DataLoader worker
+                (``wds.split_by_worker``).
+            start: > 0 when resuming: skipping that many samples would mean reading them all
+                again, so the stream instead starts new epochs with a shard order and shuffle
+                seeded by ``start`` (deterministic, but not a replay of the interrupted run).
+        """
         worker, num_workers = worker_info()
+        if start > 0:
+            logger.info(
+                f"{self.description}: resuming after {start} samples of worker {worker} of rank "
+                f"{self.rank}: new shard order and shuffle seeded by that count."
+            )
         num_mine = self.num_shards_for_reader()
         if num_mine == 0:
             logger.warning(
@@ -192,7 +239,7 @@ class ShardCaptionSource:
             return
         for epoch in itertools.count():
             num_records, bad_before = 0, tracker.num_bad_shards
-            for rec in self.iter_epoch(epoch, tracker):
+            for rec in self.iter_epoch(epoch, tracker, resume=start):
                 num_records += 1
                 yield rec
             if num_records == 0:  # all unreadable or empty: never spin on nothing
@@ -212,8 +259,31 @@ class ShardCaptionSource:
         return f"{url}#{record.get('__key__', '?')}", url
 
 
+@contextlib.contextmanager
+def _np_random_seeded(*key: int) -> Iterator[None]:
+    """Run the block with ``np.random`` seeded from ``key``, then restore its previous state."""
+    state = np.random.get_state()
+    np.random.seed(np.random.SeedSequence(list(key)).generate_state(4))
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+def _draw(rng: np.random.Generator, cdf: np.ndarray, size: int | None = None):
+    """Indices drawn with the probabilities whose cumulative sums are ``cdf`` (one uniform each,
+    so drawing ``size`` at once equals ``size`` single draws)."""
+    u = rng.random() if size is None else rng.random(size)
+    return np.minimum(np.searchsorted(cdf, u, side="right"), len(cdf) - 1)
+
+
 class CaptionTrainStream(torchdata.IterableDataset):
     """Infinite stream of mapped training samples from one or more caption datasets.
+
+    Every sample is a function of (seed, dataset, rank, position of its record in the rank's
+    stream): the mapper's ``np.random`` is seeded per record, and several datasets are mixed by
+    a generator seeded per (seed, rank, reader). The process's own ``np.random`` state is
+    restored after each record.
 
     Args:
         sources: ``(dataset_name, source, weight)``; several are interleaved at random in
@@ -221,6 +291,9 @@ class CaptionTrainStream(torchdata.IterableDataset):
         mapper: record -> sample; raises :class:`BadRecordError` for bad records.
         max_skip_fraction: see :class:`SkipTracker`.
         min_records: see :class:`SkipTracker`.
+        seed: seed of the augmentations and of the mixing, equal on all ranks.
+        batch_size: samples per batch of this rank (the DataLoader's ``batch_size``), used to
+            find where to resume (:meth:`set_start_iteration`).
     """
 
     def __init__(
@@ -230,33 +303,83 @@ class CaptionTrainStream(torchdata.IterableDataset):
         *,
         max_skip_fraction: float,
         min_records: int,
+        seed: int = 0,
+        batch_size: int = 1,
     ):
         if not sources:
             raise ValueError("CaptionTrainStream needs at least one caption dataset.")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         self.sources = list(sources)
         self.mapper = mapper
         self.max_skip_fraction = max_skip_fraction
         self.min_records = min_records
+        self.seed = int(seed)
+        self.batch_size = int(batch_size)
+        self.start_iter = 0
         self.rank, self.world_size = comm.get_rank(), comm.get_world_size()
         # The trackers of the last iteration in this process (one per dataset).
         self.trackers: dict[str, SkipTracker] = {}
 
-    def _mapped(self, name: str, source, tracker: SkipTracker) -> Iterator[dict]:
-        for record in source.iter_records(tracker):
-            try:
-                out = self.mapper(record)
-            except BadRecordError as e:
-                where, group = source.locate(record)
-                tracker.record_skipped(str(e), where, group)
-                continue
+    def set_start_iteration(self, iteration: int) -> None:
+        """Continue the stream after ``iteration`` batches (a resumed run's first iteration).
+
+        How the position is restored: the DataLoader takes batch ``b`` from worker
+        ``b % num_workers``, each worker's batches being consecutive ``batch_size`` samples of
+        its reader's part of the rank's stream. A new iterator starts again at worker 0, so
+        worker ``w`` takes over the part of reader ``(w + iteration) % num_workers`` and skips
+        the ``batch_size`` samples of each batch that reader had delivered. Map-style sources
+        skip by drawing sampler indices only (no image is read), and the per-record seeds make
+        the skipped-to samples identical to the uninterrupted run's: resuming is exact with the
+        same SEED (>= 0), world size, ``SOLVER.IMS_PER_BATCH`` and ``DATALOADER.NUM_WORKERS``.
+        Limits: bad records skipped before the checkpoint are not known after it, so the
+        stream resumes that many records early (a few samples repeat); shard sources are not
+        replayed but restart with a shuffle seeded by the skip count
+        (:meth:`ShardCaptionSource.iter_records`).
+
+        Must be called before the DataLoader's iterator is created.
+        """
+        if iteration < 0:
+            raise ValueError(f"iteration must be >= 0, got {iteration}.")
+        self.start_iter = int(iteration)
+
+    def _reader(self) -> tuple[int, int, int]:
+        """(reader, number of readers, samples the reader delivered before ``start_iter``)."""
+        worker, num_workers = worker_info()
+        reader = (worker + self.start_iter) % num_workers
+        return reader, num_workers, len(range(reader, self.start_iter, num_workers)) * self.batch_size
+
+    def _mapped(
+        self, index: int, source, tracker: SkipTracker, reader: int, num_readers: int, start: int
+    ) -> Iterator[dict]:
+        records = source.iter_records(tracker, reader=reader, num_readers=num_readers, start=start)
+        for k, record in enumerate(records, start):
+            # the record's position in the rank's stream: its augmentations' seed
+            with _np_random_seeded(self.seed, index, self.rank, reader + num_readers * k):
+                try:
+                    out = self.mapper(record)
+                except BadRecordError as e:
+                    where, group = source.locate(record)
+                    tracker.record_skipped(str(e), where, group)
+                    continue
             tracker.record_ok()
             yield out
 
     def __iter__(self) -> Iterator[dict]:
         worker, num_workers = worker_info()
+        reader, num_readers, skip = self._reader()
         context = f"rank {self.rank}/{self.world_size}, worker {worker}/{num_workers}"
-        streams, weights = [], []
-        for name, source, weight in self.sources:
+        if skip:
+            logger.info(f"Caption stream ({context}) resumes at iteration {self.start_iter}: skipping {skip} samples.")
+        weights = np.asarray([float(w) for _, _, w in self.sources])
+        cdf = np.cumsum(weights / weights.sum())
+        rng = np.random.default_rng([self.seed, self.rank, reader])  # mixing of several datasets
+        if len(self.sources) == 1:
+            starts = [skip]
+        else:  # replay the mixing draws of the skipped samples: how many came from each dataset
+            starts = np.bincount(_draw(rng, cdf, skip), minlength=len(self.sources)).tolist()
+        streams = []
+        for index, (name, source, _) in enumerate(self.sources):
             tracker = SkipTracker(
                 dataset_name=name,
                 source=source.description,
@@ -265,14 +388,13 @@ class CaptionTrainStream(torchdata.IterableDataset):
                 context=context,
             )
             self.trackers[name] = tracker
-            streams.append(self._mapped(name, source, tracker))
-            weights.append(float(weight))
+            streams.append(self._mapped(index, source, tracker, reader, num_readers, starts[index]))
         if len(streams) == 1:
             yield from streams[0]
             return
-        p = np.asarray(weights) / np.sum(weights)
+        p = weights / weights.sum()
         while streams:
-            i = int(np.random.choice(len(streams), p=p))
+            i = int(_draw(rng, cdf))
             try:
                 yield next(streams[i])
             except StopIteration:  # a worker without shards of this dataset
@@ -280,3 +402,4 @@ class CaptionTrainStream(torchdata.IterableDataset):
                 p = np.delete(p, i)
                 if len(p):
                     p = p / p.sum()
+                    cdf = np.cumsum(p)

@@ -16,6 +16,7 @@ from detectron2.utils.events import CommonMetricPrinter, JSONWriter, Tensorboard
 from detectron2.utils.logger import setup_logger
 
 from ..data.build import build_caption_train_loader
+from ..data.caption_stream import CaptionTrainStream
 from ..evaluation import ViLSegSemSegEvaluator
 from .optimizer import build_vilseg_optimizer
 from .train_loop import AutocastTrainer
@@ -85,6 +86,19 @@ class ViLSegTrainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """DefaultTrainer's: with ``resume`` and a checkpoint in OUTPUT_DIR, load it all (weights
+        and buffers such as the DINO center and step count, optimizer, scheduler, iteration);
+        otherwise load ``MODEL.WEIGHTS``. Then the caption stream is told the first iteration,
+        so that it continues where the checkpoint left it
+        (:meth:`CaptionTrainStream.set_start_iteration`) instead of starting over."""
+        super().resume_or_load(resume=resume)
+        stream = getattr(self._trainer.data_loader, "dataset", None)
+        if isinstance(stream, CaptionTrainStream):
+            if self._trainer._data_loader_iter_obj is not None:
+                raise RuntimeError("resume_or_load must be called before training reads the data loader.")
+            stream.set_start_iteration(self.start_iter)
 
     def build_hooks(self):
         """DefaultTrainer's hooks, with the writers run every ``SOLVER.LOG_PERIOD`` iterations."""
