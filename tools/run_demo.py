@@ -20,7 +20,6 @@ import time
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import hooks
 from detectron2.utils.logger import setup_logger
@@ -32,7 +31,7 @@ sys.path.insert(0, ROOT)
 import vilseg_d2  # noqa: E402,F401
 from vilseg_d2.config import get_vilseg_cfg  # noqa: E402
 from vilseg_d2.data import generate_synthetic_world, register_synthetic_world  # noqa: E402
-from vilseg_d2.engine import ViLSegTrainer  # noqa: E402
+from vilseg_d2.engine import ViLSegCheckpointer, ViLSegTrainer  # noqa: E402
 
 logger = logging.getLogger("vilseg_demo")
 MODES = ("online", "kmeans", "dense")
@@ -73,7 +72,7 @@ def train(cfg):
     if os.path.isfile(final):
         logger.info(f"Reusing the trained model {final} (delete it to retrain).")
         model = ViLSegTrainer.build_model(cfg)
-        DetectionCheckpointer(model).load(final)
+        ViLSegCheckpointer(model).load(final)
         return model, 0.0
     trainer = ViLSegTrainer(cfg)
     trainer.resume_or_load(resume=True)

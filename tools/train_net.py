@@ -13,7 +13,6 @@ import logging
 import os
 import sys
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
@@ -21,7 +20,7 @@ from detectron2.utils import comm
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import vilseg_d2  # noqa: E402,F401  (fills the registries)
 from vilseg_d2.config import get_vilseg_cfg  # noqa: E402
-from vilseg_d2.engine import ViLSegTrainer  # noqa: E402
+from vilseg_d2.engine import ViLSegCheckpointer, ViLSegTrainer  # noqa: E402
 
 
 def setup(args):
@@ -37,7 +36,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = ViLSegTrainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        ViLSegCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         res = ViLSegTrainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)

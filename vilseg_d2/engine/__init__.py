@@ -1,7 +1,17 @@
-"""Training: the trainer, the autocast training step, the optimizer."""
+"""Training: the trainer, the autocast training step, the optimizer, the checkpointer, the predictor."""
 
+from .checkpoint import ViLSegCheckpointer
 from .optimizer import build_vilseg_optimizer
+from .predictor import ViLSegPredictor
 from .train_loop import AutocastTrainer, check_losses_finite
 from .trainer import ViLSegTrainer, eval_vocabulary
 
-__all__ = ["AutocastTrainer", "ViLSegTrainer", "build_vilseg_optimizer", "check_losses_finite", "eval_vocabulary"]
+__all__ = [
+    "AutocastTrainer",
+    "ViLSegCheckpointer",
+    "ViLSegPredictor",
+    "ViLSegTrainer",
+    "build_vilseg_optimizer",
+    "check_losses_finite",
+    "eval_vocabulary",
+]

@@ -9,7 +9,6 @@ from typing import Dict, List, Optional
 
 import torch
 from detectron2.data import DatasetMapper, MetadataCatalog, build_detection_test_loader
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
@@ -18,6 +17,7 @@ from detectron2.utils.logger import setup_logger
 from ..data.build import build_caption_train_loader
 from ..data.caption_stream import CaptionTrainStream
 from ..evaluation import ViLSegSemSegEvaluator
+from .checkpoint import ViLSegCheckpointer
 from .optimizer import build_vilseg_optimizer
 from .train_loop import AutocastTrainer
 
@@ -60,7 +60,8 @@ class ViLSegTrainer(DefaultTrainer):
     """DefaultTrainer with: the caption loader, AdamW groups, autocast on CPU or CUDA
     (``SOLVER.AMP.ENABLED`` + ``SOLVER.AMP.DTYPE``), NaN checks naming the loss,
     :class:`ViLSegSemSegEvaluator` with the vocabulary of ``TEST.VILSEG.VOCABULARY``, and
-    metrics written every ``SOLVER.LOG_PERIOD`` iterations."""
+    metrics written every ``SOLVER.LOG_PERIOD`` iterations, checkpoints read by
+    :class:`ViLSegCheckpointer` (``weights_only``, errors naming the file)."""
 
     def __init__(self, cfg):
         # DefaultTrainer.__init__, with two changes: the autocast step (AMPTrainer is CUDA-only)
@@ -81,7 +82,7 @@ class ViLSegTrainer(DefaultTrainer):
         self._trainer = AutocastTrainer(model, data_loader, optimizer, dtype=dtype)
 
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = ViLSegCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg

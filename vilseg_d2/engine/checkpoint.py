@@ -1,0 +1,100 @@
+"""Loading checkpoints safely, with errors that name the file and say what to do."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
+from typing import Any, Dict, Optional
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+
+__all__ = ["ViLSegCheckpointer"]
+
+logger = logging.getLogger(__name__)
+
+# What torch.load raises for a file cut short or not a checkpoint at all.
+_CORRUPT_ERRORS = (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile)
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else "no details"
+
+
+class ViLSegCheckpointer(DetectionCheckpointer):
+    """Detectron2's :class:`DetectionCheckpointer` (same saving, same key matching, and the
+    same log of missing, unexpected and wrongly shaped keys), except that:
+
+    * ``.pth`` / ``.pt`` files (everything the trainer writes) are read with
+      ``torch.load(weights_only=True)``: tensors and plain containers only, so loading a
+      checkpoint cannot run code. Detectron2's ``.pkl`` model-zoo format is a plain pickle
+      and stays as Detectron2 reads it.
+    * A file that cannot be read (truncated copy, not a checkpoint, objects that
+      ``weights_only`` refuses) raises an error naming the file.
+    * A checkpoint none of whose tensors fits the model (another architecture) raises
+      instead of leaving the model silently at its random initialisation.
+    """
+
+    def load(self, path: str, *args, **kwargs) -> Dict[str, Any]:
+        self._loading = path
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:
+            self._loading = None
+
+    def _torch_load(self, f: str) -> Any:
+        loaded = torch.load(f, map_location=torch.device("cpu"), weights_only=True)
+        if not isinstance(loaded, Mapping):
+            raise TypeError(
+                f"Checkpoint {f} holds a {type(loaded).__name__}, not a state dict (a dict of "
+                f"tensors, or {{'model': state_dict, ...}} as the trainer writes)."
+            )
+        return loaded
+
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        try:
+            return super()._load_file(filename)
+        except pickle.UnpicklingError as e:
+            # torch's weights_only unpickler says "Unsupported global" for an object it refuses
+            # and e.g. "Unsupported operand" for bytes that are no pickle at all.
+            match = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
+            reason = match.group(1).strip().split(". Please")[0] if match else _first_line(e)
+            if "Unsupported global" not in str(e):
+                raise self._corrupt(filename, type(e).__name__, reason) from e
+            raise RuntimeError(
+                f"Checkpoint {filename} holds Python objects besides tensors, which "
+                f"torch.load(weights_only=True) refuses to unpickle as they could run code "
+                f"({reason}). If you trust the file, re-save its weights only: "
+                f"torch.save({{'model': state_dict}}, path)."
+            ) from e
+        except _CORRUPT_ERRORS as e:
+            raise self._corrupt(filename, type(e).__name__, _first_line(e)) from e
+        except OSError as e:
+            raise OSError(f"Cannot read checkpoint {filename}: {e}") from e
+
+    @staticmethod
+    def _corrupt(filename: str, error: str, reason: str) -> RuntimeError:
+        return RuntimeError(
+            f"Cannot read checkpoint {filename}: it is truncated, corrupt or not a PyTorch "
+            f"checkpoint ({error}: {reason}). Copy or download it again, or use another "
+            f"checkpoint (a training run keeps the earlier model_*.pth)."
+        )
+
+    def _load_model(self, checkpoint: Dict[str, Any]):
+        given = list(checkpoint["model"].keys())
+        incompatible = super()._load_model(checkpoint)
+        expected = list(self.model.state_dict().keys())
+        missing = set(incompatible.missing_keys)
+        if expected and all(k in missing for k in expected):
+            where = getattr(self, "_loading", None) or "the checkpoint"
+            raise ValueError(
+                f"None of the {len(given)} tensors of {where} fits this {type(self.model).__name__} "
+                f"(it has e.g. {given[:3]}; the model expects e.g. {expected[:3]}): it is a "
+                f"checkpoint of another architecture. Give MODEL.WEIGHTS a checkpoint written by this "
+                f"project's trainer (model_*.pth); pretrained open_clip towers go to "
+                f"MODEL.OPEN_CLIP.PRETRAINED."
+            )
+        return incompatible
