@@ -12,7 +12,7 @@ from .clustering_head import ViLSegClusteringHead  # noqa: E402
 from .losses import cross_modal_contrastive_loss, mutual_information_loss, self_distillation_loss  # noqa: E402
 from .meta_arch import ViLSeg  # noqa: E402
 from .projection_head import ViLSegProjectionHead  # noqa: E402
-from .text_encoder import ViLSegTextEncoder, parse_vocabulary  # noqa: E402
+from .text_encoder import ViLSegTextEncoder, duplicate_classes, parse_vocabulary  # noqa: E402
 
 __all__ = [
     "D2OpenCLIPViT",
@@ -24,5 +24,6 @@ __all__ = [
     "cross_modal_contrastive_loss",
     "self_distillation_loss",
     "mutual_information_loss",
+    "duplicate_classes",
     "parse_vocabulary",
 ]

@@ -44,6 +44,9 @@ class ViLSeg(nn.Module):
     Inference input: Detectron2's usual dicts (``image`` 3 x H x W, optional ``height``/``width``)
     plus optionally ``vocabulary`` (list of class names) or ``dataset_name`` (its metadata's
     ``stuff_classes``); otherwise the model's default vocabulary (:meth:`set_vocabulary`).
+    Grayscale images (1 x H x W or H x W) are repeated to 3 channels, ``torch.uint16`` images
+    scaled to 0-255; any size works (images smaller than a patch are padded to it); other
+    shapes, 4 channels and values above 255 raise a ``ValueError`` saying what to pass.
     Output per image: ``{"sem_seg": K x height x width class probabilities, "clusters":
     height x width long cluster ids}``.
     """
@@ -323,6 +326,46 @@ class ViLSeg(nn.Module):
             "or call model.set_vocabulary([...]) / set DATASETS.TEST."
         )
 
+    @staticmethod
+    def _input_image(image) -> torch.Tensor:
+        """An inference input's ``image`` as a 3 x H x W tensor of 0-255 values.
+
+        Raises:
+            ValueError: a shape, channel count or value range the model cannot take, with
+                what to pass instead.
+        """
+        image = torch.as_tensor(image)
+        if image.dim() == 2:  # H x W grayscale
+            image = image[None]
+        shape = tuple(image.shape)
+        if image.dim() != 3 or image.shape[0] not in (1, 3):
+            hint = ""
+            if image.dim() == 3 and image.shape[-1] in (1, 3, 4):
+                hint = " It looks channels-last (H x W x C): pass image.permute(2, 0, 1)."
+            elif image.dim() == 3 and image.shape[0] == 4:
+                hint = (
+                    " Remove the alpha channel first: composite it (vilseg_d2.data.image_io.decode_image "
+                    "reads image files with alpha over white) or drop it (image[:3])."
+                )
+            raise ValueError(
+                f"'image' must be 3 x H x W (channels in INPUT.FORMAT order) or grayscale 1 x H x W / "
+                f"H x W, got shape {shape}.{hint}"
+            )
+        if image.shape[1] == 0 or image.shape[2] == 0:
+            raise ValueError(f"'image' is empty (shape {shape}).")
+        if image.shape[0] == 1:
+            image = image.expand(3, -1, -1)
+        if image.dtype == torch.uint16:  # 16-bit: 65535 -> 255
+            return image.float() / 257.0
+        if image.dtype != torch.uint8:
+            top = float(image.max())
+            if not math.isfinite(top) or top > 256:
+                raise ValueError(
+                    f"'image' has values up to {top:g}; the model takes 0-255 pixel values. Scale "
+                    f"16-bit data to 8 bits (divide by 257) or pass it as a torch.uint16 tensor."
+                )
+        return image
+
     @torch.no_grad()
     def inference(self, batched_inputs: List[Dict]) -> List[Dict[str, torch.Tensor]]:
         """Segment each image with its vocabulary; see the class docstring."""
@@ -330,7 +373,7 @@ class ViLSeg(nn.Module):
         for x in batched_inputs:
             vocab = self._vocabulary(x)
             text = self.text_encoder.class_embeddings(vocab[1:] if self.bg_threshold > 0 else vocab)
-            image = self._normalize([x["image"]])[0]  # 3 x H x W
+            image = self._normalize([self._input_image(x["image"])])[0]  # 3 x H x W
             H, W = image.shape[-2:]
             output_size = (x.get("height", H), x.get("width", W))
             sem_seg, clusters = self.segment(image, text, output_size)

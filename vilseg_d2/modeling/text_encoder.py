@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import open_clip
@@ -14,7 +15,7 @@ from torch import nn
 
 from .open_clip_model import create_open_clip_model
 
-__all__ = ["ViLSegTextEncoder", "PROMPT_TEMPLATES", "parse_vocabulary"]
+__all__ = ["ViLSegTextEncoder", "PROMPT_TEMPLATES", "duplicate_classes", "parse_vocabulary"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,17 @@ def parse_vocabulary(text: str) -> List[str]:
     """
     classes = [c.strip() for part in text.split("\n") for c in part.split(";")]
     return [c for c in classes if c]
+
+
+def duplicate_classes(class_names: Sequence[str]) -> List[str]:
+    """The names of a vocabulary that name the same class as another one (case and spacing
+    ignored, as the tokenizer does), sorted."""
+
+    def fold(name: str) -> str:
+        return " ".join(name.lower().split())
+
+    counts = Counter(fold(n) for n in class_names)
+    return sorted({n for n in class_names if counts[fold(n)] > 1})
 
 
 class ViLSegTextEncoder(nn.Module):
@@ -112,6 +124,10 @@ class ViLSegTextEncoder(nn.Module):
 
         Returns:
             K x D tensor, rows of unit norm.
+
+        Raises:
+            ValueError: an empty vocabulary, a blank class, or a class named twice (ignoring
+                case and spacing).
         """
         names = tuple(class_names)
         if not names:
@@ -119,6 +135,12 @@ class ViLSegTextEncoder(nn.Module):
         key = (names, self.templates)
         if not self.training and key in self._cache:
             return self._cache[key]
+        duplicates = duplicate_classes(names)
+        if duplicates:
+            raise ValueError(
+                f"The vocabulary names these classes more than once: {duplicates}. Give each class "
+                f"once; synonyms of one class go in one name, separated by commas ('cat, kitten')."
+            )
         templates = PROMPT_TEMPLATES[self.templates]
         prompts: List[str] = []
         owner: List[int] = []
