@@ -261,13 +261,16 @@ class ShardCaptionSource:
 
 @contextlib.contextmanager
 def _np_random_seeded(*key: int) -> Iterator[None]:
-    """Run the block with ``np.random`` seeded from ``key``, then restore its previous state."""
-    state = np.random.get_state()
+    """Run the block with ``np.random`` seeded from ``key``. In the main process (no DataLoader
+    workers) its previous state is restored afterwards; a worker's state belongs to the stream
+    (saving and restoring it costs more than seeding)."""
+    state = np.random.get_state() if torchdata.get_worker_info() is None else None
     np.random.seed(np.random.SeedSequence(list(key)).generate_state(4))
     try:
         yield
     finally:
-        np.random.set_state(state)
+        if state is not None:
+            np.random.set_state(state)
 
 
 def _draw(rng: np.random.Generator, cdf: np.ndarray, size: int | None = None):
@@ -282,8 +285,8 @@ class CaptionTrainStream(torchdata.IterableDataset):
 
     Every sample is a function of (seed, dataset, rank, position of its record in the rank's
     stream): the mapper's ``np.random`` is seeded per record, and several datasets are mixed by
-    a generator seeded per (seed, rank, reader). The process's own ``np.random`` state is
-    restored after each record.
+    a generator seeded per (seed, rank, reader). Without DataLoader workers, the process's own
+    ``np.random`` state is restored after each record.
 
     Args:
         sources: ``(dataset_name, source, weight)``; several are interleaved at random in
