@@ -74,7 +74,7 @@ def test_bad_input_sizes_give_clear_errors():
         build_backbone(backbone_cfg(MODEL__CLIP_VIT__OUT_FEATURES=["p5"]))
 
 
-def test_conv_stem_freeze_and_grad_checkpointing():
+def test_conv_stem_and_freeze():
     stem = build_backbone(backbone_cfg(MODEL__CLIP_VIT__CONV_STEM=True, MODEL__CLIP_VIT__CONV_STEM_WIDTH=8))
     assert stem.conv_stem is not None and not hasattr(stem.visual, "conv1")
     assert stem(torch.randn(1, 3, 96, 64))["emb"].shape == (1, 128, 6, 4)
@@ -82,6 +82,24 @@ def test_conv_stem_freeze_and_grad_checkpointing():
     frozen = build_backbone(backbone_cfg(MODEL__CLIP_VIT__FREEZE=True))
     assert not any(p.requires_grad for p in frozen.parameters())
 
+
+def test_batch_norm_stem_and_a_frozen_stem_keeps_its_statistics():
+    cfg = dict(MODEL__CLIP_VIT__CONV_STEM=True, MODEL__CLIP_VIT__CONV_STEM_WIDTH=8, MODEL__CLIP_VIT__CONV_STEM_NORM="BN")
+    bn = build_backbone(backbone_cfg(**cfg)).train()
+    norms = [m for m in bn.conv_stem.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 4  # one per stride-2 conv of a patch-16 stem
+    bn(torch.randn(4, 3, 64, 64))
+    assert all(int(m.num_batches_tracked) == 1 for m in norms)
+
+    frozen = build_backbone(backbone_cfg(**cfg, MODEL__CLIP_VIT__FREEZE=True)).train()
+    assert not frozen.training and not any(m.training for m in frozen.modules())
+    before = [m.running_mean.clone() for m in frozen.conv_stem.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    frozen(torch.randn(4, 3, 64, 64) + 3)
+    after = [m.running_mean for m in frozen.conv_stem.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+
+
+def test_grad_checkpointing_gives_the_same_gradients():
     torch.manual_seed(0)
     plain = build_backbone(backbone_cfg())
     ckpt = build_backbone(backbone_cfg(MODEL__CLIP_VIT__GRAD_CHECKPOINTING=True))

@@ -26,6 +26,9 @@ def add_vilseg_backbone_config(cfg: CN) -> None:
     # Small from-scratch configs learn far faster with it; the paper config keeps the plain ViT.
     cfg.MODEL.CLIP_VIT.CONV_STEM = False
     cfg.MODEL.CLIP_VIT.CONV_STEM_WIDTH = 64
+    # The stem's norm, a Detectron2 get_norm name: "LN" (channel LayerNorm), "BN", "SyncBN" (use it
+    # instead of "BN" for multi-GPU training), "GN", ... A from-scratch stem trains far faster with BN.
+    cfg.MODEL.CLIP_VIT.CONV_STEM_NORM = "LN"
     cfg.MODEL.CLIP_VIT.GRAD_CHECKPOINTING = False
     cfg.MODEL.CLIP_VIT.FREEZE = False
 
@@ -96,6 +99,12 @@ def add_vilseg_config(cfg: CN) -> None:
     cfg.INPUT.VILSEG.COLOR_MUL = 0.2
     cfg.INPUT.VILSEG.COLOR_ADD = 0.1
     cfg.INPUT.VILSEG.FLIP_PROB = 0.5
+    # Colour augmentation of the local crops (the L_vision student views), as DINO's: the same
+    # per-channel affine as g(x), then grayscale with LOCAL_GRAYSCALE_PROB. 0 = off (the paper
+    # does not say; configs/vilseg_tiny.yaml uses it against the colour shortcut of its captions).
+    cfg.INPUT.VILSEG.LOCAL_COLOR_MUL = 0.0
+    cfg.INPUT.VILSEG.LOCAL_COLOR_ADD = 0.0
+    cfg.INPUT.VILSEG.LOCAL_GRAYSCALE_PROB = 0.0
 
     # Caption data: records that cannot be read are skipped and counted; the run stops when the
     # skipped fraction passes this limit (after MIN_RECORDS_FOR_SKIP_CHECK records).

@@ -21,11 +21,20 @@ __all__ = ["D2OpenCLIPViT", "D2OpenCLIPViTPyramid", "ConvStem"]
 class ConvStem(nn.Sequential):
     """Stride-2 3x3 convs in place of a ViT's patch projection ("early convolutions", Xiao et al.).
 
-    ``log2(patch_size)`` convs halve the resolution each (channels ``width, 2*width, ...``, channel
-    LayerNorm + GELU), then a 1x1 conv maps to the transformer width. Output stride = patch size.
+    ``log2(patch_size)`` convs halve the resolution each (channels ``width, 2*width, ...``, a norm
+    + GELU), then a 1x1 conv maps to the transformer width. Output stride = patch size.
     """
 
-    def __init__(self, *, patch_size: int, width: int, out_channels: int):
+    def __init__(self, *, patch_size: int, width: int, out_channels: int, norm: str = "LN"):
+        """
+        Args:
+            patch_size: output stride (a power of two).
+            width: channels of the first conv.
+            out_channels: the transformer width.
+            norm: a Detectron2 :func:`get_norm` name ("LN" = channel LayerNorm, "BN", "SyncBN",
+                "GN", ...). Batch norm trains a from-scratch stem far faster; "LN" has no batch
+                statistics.
+        """
         num = int(math.log2(patch_size))
         if 2**num != patch_size:
             raise ValueError(f"CONV_STEM needs a power-of-two patch size, got {patch_size}.")
@@ -33,7 +42,7 @@ class ConvStem(nn.Sequential):
         in_ch = 3
         for i in range(num):
             ch = width * 2**i
-            layers.append(Conv2d(in_ch, ch, 3, stride=2, padding=1, bias=False, norm=get_norm("LN", ch)))
+            layers.append(Conv2d(in_ch, ch, 3, stride=2, padding=1, bias=False, norm=get_norm(norm, ch)))
             layers.append(nn.GELU())
             in_ch = ch
         layers.append(nn.Conv2d(in_ch, out_channels, 1))
@@ -60,6 +69,7 @@ class D2OpenCLIPViT(Backbone):
         visual: nn.Module,
         out_features: List[str],
         conv_stem_width: int = 0,
+        conv_stem_norm: str = "LN",
         grad_checkpointing: bool = False,
         freeze: bool = False,
     ):
@@ -68,6 +78,7 @@ class D2OpenCLIPViT(Backbone):
             visual: an open_clip ``VisionTransformer`` (``model.visual``).
             out_features: subset of ``["emb", "res"]``.
             conv_stem_width: > 0 replaces the patch projection by a :class:`ConvStem` of that width.
+            conv_stem_norm: the stem's norm (a Detectron2 ``get_norm`` name).
             grad_checkpointing: recompute transformer blocks in backward to save memory.
             freeze: no gradients for any parameter (and eval-mode stem).
         """
@@ -84,7 +95,9 @@ class D2OpenCLIPViT(Backbone):
         self.grid_size: Tuple[int, int] = tuple(visual.grid_size)
         if conv_stem_width > 0:
             del self.visual.conv1
-            self.conv_stem = ConvStem(patch_size=self.patch_size, width=conv_stem_width, out_channels=self.width)
+            self.conv_stem = ConvStem(
+                patch_size=self.patch_size, width=conv_stem_width, out_channels=self.width, norm=conv_stem_norm
+            )
         else:
             self.conv_stem = None
         self.visual.set_grad_checkpointing(grad_checkpointing)
@@ -92,9 +105,15 @@ class D2OpenCLIPViT(Backbone):
         self._out_feature_strides = {k: self.patch_size for k in out_features}
         channels = {"emb": self.embed_dim, "res": self.width}
         self._out_feature_channels = {k: channels[k] for k in out_features}
+        self.frozen = freeze
         if freeze:
             for p in self.parameters():
                 p.requires_grad_(False)
+            self.eval()
+
+    def train(self, mode: bool = True):
+        """A frozen backbone stays in eval mode (batch-norm statistics of the stem included)."""
+        return super().train(mode and not self.frozen)
 
     @classmethod
     def from_config(cls, cfg, input_shape: Optional[ShapeSpec] = None):
@@ -107,6 +126,7 @@ class D2OpenCLIPViT(Backbone):
             "visual": clip.visual,
             "out_features": list(cfg.MODEL.CLIP_VIT.OUT_FEATURES),
             "conv_stem_width": cfg.MODEL.CLIP_VIT.CONV_STEM_WIDTH if cfg.MODEL.CLIP_VIT.CONV_STEM else 0,
+            "conv_stem_norm": cfg.MODEL.CLIP_VIT.CONV_STEM_NORM,
             "grad_checkpointing": cfg.MODEL.CLIP_VIT.GRAD_CHECKPOINTING,
             "freeze": cfg.MODEL.CLIP_VIT.FREEZE,
         }
