@@ -89,6 +89,30 @@ def test_colour_change_is_a_per_channel_affine_map():
     assert any(flips) and not all(flips)
 
 
+@pytest.mark.parametrize("fmt", ["RGB", "BGR"])
+def test_local_crops_recoloured_and_grayscale(fmt):
+    data = png_bytes(random_image(60, 90, seed=5))
+    plain = _mapper(image_format=fmt, local_scale=(1.0, 1.0), local_size=60)  # whole image: crops comparable
+    always_gray = _mapper(image_format=fmt, local_scale=(1.0, 1.0), local_size=60, local_grayscale_prob=1.0)
+    np.random.seed(1)
+    ref = plain({"image_bytes": data, "caption": "x"})["local_crops"][0].double()
+    np.random.seed(1)
+    gray = always_gray({"image_bytes": data, "caption": "x"})
+    for crop in gray["local_crops"]:
+        assert torch.equal(crop[0], crop[1]) and torch.equal(crop[1], crop[2])
+    rgb = ref if fmt == "RGB" else ref.flip(0)
+    luma = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+    assert (gray["local_crops"][0][0].double() - luma).abs().max() <= 1.0
+    assert not torch.equal(gray["image"][0], gray["image"][1])  # the global view keeps its colours
+
+    coloured = _mapper(image_format=fmt, local_scale=(1.0, 1.0), local_size=60, local_color_mul=0.8, local_color_add=0.3)
+    crops = coloured({"image_bytes": data, "caption": "x"})["local_crops"]
+    assert all(not torch.equal(c.double(), ref) for c in crops)  # the same whole-image crop, recoloured
+    assert not torch.equal(crops[0], crops[1])  # drawn per crop
+    with pytest.raises(ValueError, match="prob"):
+        _mapper(local_grayscale_prob=1.5)
+
+
 def test_captions_list_draws_one():
     mapper = _mapper()
     captions = ["one", "two", "three"]

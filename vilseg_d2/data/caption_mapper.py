@@ -11,11 +11,21 @@ from detectron2.data import transforms as T
 
 from .image_io import decode_image, validate_caption
 from .skip_tracker import BadRecordError
-from .transforms import RandomColorAffine, RandomResizedCrop
+from .transforms import RandomColorAffine, RandomGrayscale, RandomResizedCrop
 
 __all__ = ["ViLSegCaptionDatasetMapper"]
 
 logger = logging.getLogger(__name__)
+
+
+class _Recolour:
+    """A colour change followed by random grayscale, drawn per view: ``get_transform(img)``."""
+
+    def __init__(self, color: RandomColorAffine, gray: RandomGrayscale):
+        self.color, self.gray = color, gray
+
+    def get_transform(self, img: np.ndarray) -> T.TransformList:
+        return T.TransformList([self.color.get_transform(img), self.gray.get_transform(img)])
 
 
 def _to_chw_tensor(img: np.ndarray) -> torch.Tensor:
@@ -35,7 +45,10 @@ class ViLSegCaptionDatasetMapper:
     * ``"image"``: the global view x, uint8 tensor 3×G×G (G = ``global_size``), channels in
       ``image_format`` order; a random resized crop of area fraction ``global_scale``.
     * ``"local_crops"``: list of ``num_local_crops`` uint8 tensors 3×L×L, random resized crops
-      of area fraction ``local_scale`` of the decoded image (the multi-crop views).
+      of area fraction ``local_scale`` of the decoded image (the multi-crop views), each then
+      recoloured like g(x) with ``local_color_mul`` / ``local_color_add`` and turned grayscale
+      with probability ``local_grayscale_prob`` (DINO's colour augmentation of the views: the
+      self-distillation target then cannot be met from colour alone; 0 = off).
     * ``"transformed_image"``: g(x), uint8 3×G×G: per channel x * U(1-m, 1+m) + U(-a, a) * 255,
       clipped to [0, 255], then flipped horizontally with probability ``flip_prob``.
     * ``"flip"``: bool, whether ``transformed_image`` was flipped (the model undoes it on the
@@ -63,6 +76,9 @@ class ViLSegCaptionDatasetMapper:
         color_mul: float,
         color_add: float,
         flip_prob: float,
+        local_color_mul: float = 0.0,
+        local_color_add: float = 0.0,
+        local_grayscale_prob: float = 0.0,
         image_format: str = "BGR",
     ):
         """
@@ -74,6 +90,9 @@ class ViLSegCaptionDatasetMapper:
             local_scale: area-fraction range of the local crops (DINO: (0.05, 0.4)).
             color_mul: m of g(x)'s multiplicative factor U(1-m, 1+m).
             color_add: a of g(x)'s additive offset U(-a, a) * 255.
+            local_color_mul, local_color_add: the same per-channel colour change for each local
+                crop (0 = none).
+            local_grayscale_prob: probability that a local crop is made grayscale.
             flip_prob: probability that g(x) flips horizontally.
             image_format: "BGR" or "RGB", the channel order of the output (cfg.INPUT.FORMAT).
         """
@@ -94,12 +113,17 @@ class ViLSegCaptionDatasetMapper:
         self.local_crop = RandomResizedCrop(self.local_size, scale=tuple(local_scale))
         self.color = RandomColorAffine(color_mul, color_add)
         self.flip = T.RandomFlip(prob=flip_prob, horizontal=True, vertical=False)
+        self.local_color = _Recolour(
+            RandomColorAffine(local_color_mul, local_color_add), RandomGrayscale(local_grayscale_prob, image_format)
+        )
+        self._recolour_local = local_color_mul > 0 or local_color_add > 0 or local_grayscale_prob > 0
         # Decode large JPEGs at a reduced scale that still covers the global crop at full
         # resolution (the crop covers >= sqrt(min scale) of the side).
         self._decode_min_size = int(np.ceil(self.global_size / np.sqrt(min(global_scale))))
         logger.info(
             f"ViLSegCaptionDatasetMapper: global {self.global_size}px scale {tuple(global_scale)}, "
             f"{self.num_local_crops} local {self.local_size}px scale {tuple(local_scale)}, "
+            f"local colour mul ±{local_color_mul}, add ±{local_color_add}, grayscale p={local_grayscale_prob}; "
             f"g(x): mul ±{color_mul}, add ±{color_add}, flip p={flip_prob}; {image_format}"
         )
 
@@ -114,6 +138,9 @@ class ViLSegCaptionDatasetMapper:
             "local_scale": tuple(v.LOCAL_SCALE),
             "color_mul": v.COLOR_MUL,
             "color_add": v.COLOR_ADD,
+            "local_color_mul": v.LOCAL_COLOR_MUL,
+            "local_color_add": v.LOCAL_COLOR_ADD,
+            "local_grayscale_prob": v.LOCAL_GRAYSCALE_PROB,
             "flip_prob": v.FLIP_PROB,
             "image_format": cfg.INPUT.FORMAT,
         }
@@ -156,6 +183,8 @@ class ViLSegCaptionDatasetMapper:
         local_views = [
             self.local_crop.get_transform(img).apply_image(img) for _ in range(self.num_local_crops)
         ]
+        if self._recolour_local:
+            local_views = [self.local_color.get_transform(v).apply_image(v) for v in local_views]
         color_tfm = self.color.get_transform(global_view)
         flip_tfm = self.flip.get_transform(global_view)
         transformed = T.TransformList([color_tfm, flip_tfm]).apply_image(global_view)

@@ -1,5 +1,5 @@
-"""Detectron2 augmentations used by the ViL-Seg views: DINO-style random resized crop and the
-random per-channel colour affine map of g(x).
+"""Detectron2 augmentations used by the ViL-Seg views: DINO-style random resized crop, the
+random per-channel colour affine map of g(x), and random grayscale.
 
 Both are :class:`detectron2.data.transforms.Augmentation` s returning Detectron2 / fvcore
 transforms, so they compose with the rest of ``detectron2.data.transforms``. The crop and the
@@ -13,9 +13,16 @@ import math
 
 import cv2
 import numpy as np
-from detectron2.data.transforms import Augmentation, ColorTransform, Transform
+from detectron2.data.transforms import Augmentation, ColorTransform, NoOpTransform, Transform
 
-__all__ = ["RandomResizedCrop", "CropResizeTransform", "RandomColorAffine", "ChannelAffine"]
+__all__ = [
+    "RandomResizedCrop",
+    "CropResizeTransform",
+    "RandomColorAffine",
+    "ChannelAffine",
+    "RandomGrayscale",
+    "Grayscale",
+]
 
 
 class CropResizeTransform(Transform):
@@ -162,3 +169,42 @@ class RandomColorAffine(Augmentation):
         mul = np.random.uniform(1.0 - self.mul, 1.0 + self.mul, size=c)
         add = np.random.uniform(-self.add, self.add, size=c) * 255.0
         return ColorTransform(ChannelAffine(mul, add))
+
+
+class Grayscale:
+    """Luma (ITU-R 601 weights) copied to all three channels; a picklable callable for
+    :class:`ColorTransform`.
+
+    Args:
+        image_format: "RGB" or "BGR", the channel order of the images it is applied to.
+    """
+
+    def __init__(self, image_format: str = "RGB"):
+        weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        self.weights = weights[::-1].copy() if image_format == "BGR" else weights
+
+    def __call__(self, img: np.ndarray) -> np.ndarray:
+        if img.ndim != 3 or img.shape[2] != 3:
+            raise ValueError(f"Grayscale expects an H×W×3 image, got {img.shape}")
+        luma = np.clip(np.rint(img.astype(np.float32) @ self.weights), 0, 255).astype(img.dtype)
+        return np.repeat(luma[:, :, None], 3, axis=2)
+
+
+class RandomGrayscale(Augmentation):
+    """With probability ``prob``, replace the image by its luma on all channels (DINO's views)."""
+
+    def __init__(self, prob: float, image_format: str = "RGB"):
+        """
+        Args:
+            prob: probability of the grayscale conversion.
+            image_format: "RGB" or "BGR" (which channel gets which luma weight).
+        """
+        super().__init__()
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"RandomGrayscale needs 0 <= prob <= 1, got {prob}")
+        self._init(locals())
+
+    def get_transform(self, image: np.ndarray) -> Transform:
+        if np.random.rand() < self.prob:
+            return ColorTransform(Grayscale(self.image_format))
+        return NoOpTransform()
