@@ -9,8 +9,13 @@ TINY_CONFIG = os.path.join(ROOT, "configs", "vilseg_tiny.yaml")
 
 
 def tiny_cfg(**overrides):
-    """The tiny CPU config, no test dataset, with ``KEY=value`` overrides (dots as '__')."""
-    opts = ["MODEL.DEVICE", "cpu", "DATASETS.TEST", ()]
+    """The tiny CPU config, no test dataset, with ``KEY=value`` overrides (dots as '__').
+
+    The three objectives are coupled as in the paper (no auxiliary warm-up, L_cluster reaching the
+    encoder), which the unit tests exercise; the yaml's training schedule is for `make demo`.
+    """
+    opts = ["MODEL.DEVICE", "cpu", "DATASETS.TEST", (), "MODEL.VILSEG.AUX_WARMUP_ITERS", (0, 0),
+            "MODEL.VILSEG.DETACH_CLUSTER_ENCODER", False]
     for k, v in overrides.items():
         opts += [k.replace("__", "."), v]
     return get_vilseg_cfg(TINY_CONFIG, opts)

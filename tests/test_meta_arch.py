@@ -102,6 +102,35 @@ def test_loss_weights_scale_the_losses():
     assert lb["loss_cluster"].item() == pytest.approx(0.5 * la["loss_cluster"].item(), rel=1e-4, abs=1e-7)
 
 
+def test_auxiliary_objectives_warm_up_after_the_cross_modal_one():
+    torch.manual_seed(0)
+    full = build_model(tiny_cfg())
+    warm = build_model(tiny_cfg(MODEL__VILSEG__AUX_WARMUP_ITERS=(2, 5)))
+    warm.load_state_dict(full.state_dict())
+    full.train(), warm.train()
+    batch = training_batch(batch=2, views=2)
+    reference = full(batch)
+    factors = []
+    for step in range(7):
+        warm.num_updates.fill_(step)
+        full.num_updates.fill_(step)
+        warm.center.copy_(full.center)  # the DINO center moves with each computed L_vision
+        losses = warm(batch)
+        if step < 2:  # left out: not even computed
+            assert set(losses) == {"loss_cross"}
+            factors.append(0.0)
+            continue
+        ref = full(batch)
+        factor = losses["loss_cluster"].item() / ref["loss_cluster"].item()
+        assert losses["loss_vision"].item() == pytest.approx(factor * ref["loss_vision"].item(), rel=1e-4)
+        assert losses["loss_cross"].item() == pytest.approx(reference["loss_cross"].item(), rel=1e-5)
+        factors.append(factor)
+    assert factors == pytest.approx([0, 0, 1 / 4, 2 / 4, 3 / 4, 1, 1], rel=1e-4)
+    assert int(warm.num_updates) == 7
+    with pytest.raises(ValueError, match="AUX_WARMUP_ITERS"):
+        build_model(tiny_cfg(MODEL__VILSEG__AUX_WARMUP_ITERS=(5, 2)))
+
+
 class _FlipEquivariantBackbone(nn.Module):
     """Per-pixel 1x1 conv over 4x4-pooled pixels: commutes with horizontal flips."""
 

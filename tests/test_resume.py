@@ -44,6 +44,7 @@ def command(out_dir: Path, *extra: str) -> list[str]:
         "SOLVER.MAX_ITER", str(MAX_ITER), "SOLVER.CHECKPOINT_PERIOD", str(CHECKPOINT_PERIOD),
         "SOLVER.LOG_PERIOD", "1", "SOLVER.IMS_PER_BATCH", "4", "DATALOADER.NUM_WORKERS", "0",
         "INPUT.VILSEG.NUM_LOCAL_CROPS", "2",
+        "MODEL.VILSEG.AUX_WARMUP_ITERS", "(1, 5)",  # the auxiliary warm-up spans the checkpoint
     ]  # fmt: skip
 
 
@@ -118,7 +119,10 @@ def test_sigkill_then_resume_continues_like_an_uninterrupted_run(datasets_root, 
     resumed = metrics(killed_dir)
     assert sorted(resumed) == list(range(MAX_ITER))
     for it in range(MAX_ITER):
-        for key in LOSSES + ("lr", "teacher_temp", "logit_scale"):
+        for key in LOSSES + ("lr", "teacher_temp", "logit_scale", "aux_weight_factor"):
+            if it == 0 and key.startswith("loss_"):  # L_cross alone: Detectron2 logs only total_loss
+                assert key not in resumed[it] and key not in reference[it]
+                continue
             assert resumed[it][key] == pytest.approx(reference[it][key], abs=1e-5, rel=0), (it, key)
         if it < start:  # iterations before the checkpoint: untouched lines of the killed run
             assert resumed[it] == before_kill[it]
@@ -137,7 +141,8 @@ def test_sigkill_then_resume_continues_like_an_uninterrupted_run(datasets_root, 
     assert sorted(final_opt) == sorted(ref_opt) and len(ref_opt) > 0
     for i, b in ref_opt.items():
         a = final_opt[i]
-        assert float(a["step"]) == float(b["step"]) == MAX_ITER
+        # the heads of L_vision / L_cluster get no gradient while left out (iteration 0)
+        assert float(a["step"]) == float(b["step"]) in (MAX_ITER - 1, MAX_ITER)
         torch.testing.assert_close(a["exp_avg"], b["exp_avg"], atol=1e-5, rtol=0)
         torch.testing.assert_close(a["exp_avg_sq"], b["exp_avg_sq"], atol=1e-6, rtol=0)
     final_sched, ref_sched = (c["trainer"]["hooks"]["LRScheduler"] for c in (final, ref))

@@ -68,6 +68,11 @@ def add_vilseg_config(cfg: CN) -> None:
     cfg.MODEL.VILSEG.WARMUP_TEACHER_TEMP = 0.04
     cfg.MODEL.VILSEG.WARMUP_TEACHER_TEMP_ITERS = 4000
     cfg.MODEL.VILSEG.CENTER_MOMENTUM = 0.9
+    # (start, end): L_vision and L_cluster are left out before iteration `start`, then their
+    # weights grow linearly to full at `end`. (0, 0) = all three objectives from the start. A
+    # from-scratch model may need it: in configs/vilseg_tiny.yaml the auxiliary objectives at full
+    # weight from iteration 0 keep L_cross at chance.
+    cfg.MODEL.VILSEG.AUX_WARMUP_ITERS = (0, 0)
     # Clustering: True stops L_cluster's gradient at the encoder (head-only training).
     cfg.MODEL.VILSEG.DETACH_CLUSTER_ENCODER = False
 

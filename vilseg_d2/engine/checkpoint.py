@@ -86,7 +86,8 @@ class ViLSegCheckpointer(DetectionCheckpointer):
     def _load_model(self, checkpoint: Dict[str, Any]):
         given = list(checkpoint["model"].keys())
         incompatible = super()._load_model(checkpoint)
-        expected = list(self.model.state_dict().keys())
+        # fvcore never reports batch norms' num_batches_tracked as missing.
+        expected = [k for k in self.model.state_dict() if not k.endswith("num_batches_tracked")]
         missing = set(incompatible.missing_keys)
         if expected and all(k in missing for k in expected):
             where = getattr(self, "_loading", None) or "the checkpoint"

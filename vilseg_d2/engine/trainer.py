@@ -78,7 +78,15 @@ class ViLSegTrainer(DefaultTrainer):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         on_cpu = next(model.parameters()).device.type == "cpu"
-        model = create_ddp_model(model, broadcast_buffers=False, **({"device_ids": None} if on_cpu else {}))
+        # While the auxiliary objectives warm up (MODEL.VILSEG.AUX_WARMUP_ITERS) their heads get no
+        # gradient, which DDP must be told.
+        unused = int(cfg.MODEL.VILSEG.AUX_WARMUP_ITERS[0]) > 0
+        model = create_ddp_model(
+            model,
+            broadcast_buffers=False,
+            find_unused_parameters=unused,
+            **({"device_ids": None} if on_cpu else {}),
+        )
         self._trainer = AutocastTrainer(model, data_loader, optimizer, dtype=dtype)
 
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)

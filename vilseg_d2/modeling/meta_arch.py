@@ -71,6 +71,7 @@ class ViLSeg(nn.Module):
         warmup_teacher_temp: float = 0.04,
         warmup_teacher_temp_iters: int = 0,
         center_momentum: float = 0.9,
+        aux_warmup_iters: Tuple[int, int] = (0, 0),
         detach_cluster_encoder: bool = False,
         global_pool: str = "mean",
         inference_mode: str = "online",
@@ -93,6 +94,9 @@ class ViLSeg(nn.Module):
             student_temp, teacher_temp, warmup_teacher_temp, warmup_teacher_temp_iters: DINO
                 temperatures; the teacher's rises linearly from ``warmup_teacher_temp``.
             center_momentum: EMA momentum of the teacher center.
+            aux_warmup_iters: (start, end): L_vision and L_cluster are left out before training
+                step ``start`` and their weights then grow linearly to full at ``end``, so that
+                the cross-modal contrast leaves chance first; (0, 0) = full weight from the start.
             detach_cluster_encoder: stop L_cluster's gradient at the encoder.
             global_pool: "mean" of the pixel embeddings (paper) or "cls".
             inference_mode: "online", "kmeans" or "dense".
@@ -123,6 +127,10 @@ class ViLSeg(nn.Module):
         self.teacher_temp = teacher_temp
         self.warmup_teacher_temp = warmup_teacher_temp
         self.warmup_teacher_temp_iters = warmup_teacher_temp_iters
+        start, end = (int(i) for i in aux_warmup_iters)
+        if not 0 <= start <= end:
+            raise ValueError(f"MODEL.VILSEG.AUX_WARMUP_ITERS must be (start, end) with 0 <= start <= end, got {aux_warmup_iters}.")
+        self.aux_warmup_iters = (start, end)
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(1, projection_head.out_dim))  # DINO's teacher center
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))  # training steps seen
@@ -184,6 +192,7 @@ class ViLSeg(nn.Module):
             "warmup_teacher_temp": v.WARMUP_TEACHER_TEMP,
             "warmup_teacher_temp_iters": v.WARMUP_TEACHER_TEMP_ITERS,
             "center_momentum": v.CENTER_MOMENTUM,
+            "aux_warmup_iters": tuple(v.AUX_WARMUP_ITERS),
             "detach_cluster_encoder": v.DETACH_CLUSTER_ENCODER,
             "global_pool": v.GLOBAL_POOL,
             "inference_mode": v.INFERENCE_MODE,
@@ -231,6 +240,16 @@ class ViLSeg(nn.Module):
         frac = step / max(self.warmup_teacher_temp_iters, 1)
         return self.warmup_teacher_temp + frac * (self.teacher_temp - self.warmup_teacher_temp)
 
+    def _aux_factor(self) -> float:
+        """The share of w_vision and w_cluster in force at this step (see ``aux_warmup_iters``)."""
+        start, end = self.aux_warmup_iters
+        step = int(self.num_updates)
+        if step >= end:
+            return 1.0
+        if step < start:
+            return 0.0
+        return (step - start + 1) / (end - start + 1)
+
     @torch.no_grad()
     def _update_center(self, teacher_logits: torch.Tensor) -> None:
         """center <- m * center + (1 - m) * mean of the teacher logits over the global batch."""
@@ -259,8 +278,10 @@ class ViLSeg(nn.Module):
     def losses(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor]:
         """The weighted objectives for one batch (see the class docstring for the inputs)."""
         batch = len(batched_inputs)
+        aux = self._aux_factor()
+        vision_weight, cluster_weight = aux * self.vision_weight, aux * self.cluster_weight
         views = [x["image"] for x in batched_inputs]
-        if self.cluster_weight > 0:
+        if cluster_weight > 0:
             views += [x["transformed_image"] for x in batched_inputs]
         tokens = self.backbone.forward_tokens(self._normalize(views))
         global_emb = self._global_embedding(tokens)[:batch]  # B x D
@@ -272,7 +293,7 @@ class ViLSeg(nn.Module):
             loss = cross_modal_contrastive_loss(image_all, text_all, self.scale())
             losses["loss_cross"] = self.cross_weight * loss
 
-        if self.vision_weight > 0:
+        if vision_weight > 0:
             num_views = len(batched_inputs[0]["local_crops"])
             if num_views == 0 or any(len(x["local_crops"]) != num_views for x in batched_inputs):
                 raise ValueError("Every training input needs the same, non-zero number of local_crops.")
@@ -283,10 +304,10 @@ class ViLSeg(nn.Module):
             loss = self_distillation_loss(
                 student, teacher, self.center, self.student_temp, self._teacher_temperature()
             )
-            losses["loss_vision"] = self.vision_weight * loss
+            losses["loss_vision"] = vision_weight * loss
             self._update_center(teacher.detach())
 
-        if self.cluster_weight > 0:
+        if cluster_weight > 0:
             emb = tokens["emb"].detach() if self.detach_cluster_encoder else tokens["emb"]
             probs = self.clustering_head({self.clustering_head.in_feature: emb})  # 2B x C x h x w
             p, p_tf = probs[:batch], probs[batch:]
@@ -296,10 +317,10 @@ class ViLSeg(nn.Module):
             loss = mutual_information_loss(
                 p.permute(0, 2, 3, 1).reshape(-1, c), p_tf.permute(0, 2, 3, 1).reshape(-1, c)
             )
-            losses["loss_cluster"] = self.cluster_weight * loss
+            losses["loss_cluster"] = cluster_weight * loss
 
-        self.num_updates += 1
         self._log_scalars()
+        self.num_updates += 1
         return losses
 
     def _log_scalars(self) -> None:
@@ -309,6 +330,7 @@ class ViLSeg(nn.Module):
             return
         storage.put_scalar("logit_scale", float(self.scale().detach()), smoothing_hint=False)
         storage.put_scalar("teacher_temp", self._teacher_temperature(), smoothing_hint=False)
+        storage.put_scalar("aux_weight_factor", self._aux_factor(), smoothing_hint=False)
 
     # ------------------------------------------------------------------ inference
 
