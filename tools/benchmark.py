@@ -449,6 +449,8 @@ def _inference_job(model, cfg, job: Dict) -> Callable[[], object]:
 
 
 def _train_job(model, cfg, job: Dict) -> Callable[[], object]:
+    # a step with all three objectives in force: past MODEL.VILSEG.AUX_WARMUP_ITERS
+    model.num_updates.fill_(int(cfg.MODEL.VILSEG.AUX_WARMUP_ITERS[1]))
     batch = fake_training_batch(cfg, job["batch"])
     optimizer = build_vilseg_optimizer(cfg, model)
     dtype = torch.bfloat16 if job["dtype"] == "bf16" else None
