@@ -18,16 +18,6 @@ __all__ = ["ViLSegCaptionDatasetMapper"]
 logger = logging.getLogger(__name__)
 
 
-class _Recolour:
-    """A colour change followed by random grayscale, drawn per view: ``get_transform(img)``."""
-
-    def __init__(self, color: RandomColorAffine, gray: RandomGrayscale):
-        self.color, self.gray = color, gray
-
-    def get_transform(self, img: np.ndarray) -> T.TransformList:
-        return T.TransformList([self.color.get_transform(img), self.gray.get_transform(img)])
-
-
 def _to_chw_tensor(img: np.ndarray) -> torch.Tensor:
     """H×W×3 uint8 array -> 3×H×W uint8 tensor (contiguous)."""
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
@@ -113,8 +103,8 @@ class ViLSegCaptionDatasetMapper:
         self.local_crop = RandomResizedCrop(self.local_size, scale=tuple(local_scale))
         self.color = RandomColorAffine(color_mul, color_add)
         self.flip = T.RandomFlip(prob=flip_prob, horizontal=True, vertical=False)
-        self.local_color = _Recolour(
-            RandomColorAffine(local_color_mul, local_color_add), RandomGrayscale(local_grayscale_prob, image_format)
+        self.local_color = T.AugmentationList(
+            [RandomColorAffine(local_color_mul, local_color_add), RandomGrayscale(local_grayscale_prob, image_format)]
         )
         self._recolour_local = local_color_mul > 0 or local_color_add > 0 or local_grayscale_prob > 0
         # Decode large JPEGs at a reduced scale that still covers the global crop at full
@@ -144,6 +134,12 @@ class ViLSegCaptionDatasetMapper:
             "flip_prob": v.FLIP_PROB,
             "image_format": cfg.INPUT.FORMAT,
         }
+
+    def _recolour(self, view: np.ndarray) -> np.ndarray:
+        """One local view through the colour change and random grayscale (drawn per view)."""
+        aug = T.AugInput(view)
+        self.local_color(aug)
+        return aug.image
 
     def _caption(self, record: dict) -> str:
         if "captions" in record:
@@ -184,7 +180,7 @@ class ViLSegCaptionDatasetMapper:
             self.local_crop.get_transform(img).apply_image(img) for _ in range(self.num_local_crops)
         ]
         if self._recolour_local:
-            local_views = [self.local_color.get_transform(v).apply_image(v) for v in local_views]
+            local_views = [self._recolour(v) for v in local_views]
         color_tfm = self.color.get_transform(global_view)
         flip_tfm = self.flip.get_transform(global_view)
         transformed = T.TransformList([color_tfm, flip_tfm]).apply_image(global_view)
