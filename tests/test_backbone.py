@@ -78,6 +78,12 @@ def test_conv_stem_and_freeze():
     stem = build_backbone(backbone_cfg(MODEL__CLIP_VIT__CONV_STEM=True, MODEL__CLIP_VIT__CONV_STEM_WIDTH=8))
     assert stem.conv_stem is not None and not hasattr(stem.visual, "conv1")
     assert stem(torch.randn(1, 3, 96, 64))["emb"].shape == (1, 128, 6, 4)
+    deep = build_backbone(
+        backbone_cfg(MODEL__CLIP_VIT__CONV_STEM=True, MODEL__CLIP_VIT__CONV_STEM_WIDTH=8, MODEL__CLIP_VIT__CONV_STEM_DEPTH=2)
+    )
+    convs = [m for m in deep.conv_stem.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert [c.stride[0] for c in convs] == [2, 1, 1] * 4  # per stage: one stride-2 conv + 2 stride-1 convs
+    assert deep(torch.randn(1, 3, 96, 64))["emb"].shape == (1, 128, 6, 4)
 
     frozen = build_backbone(backbone_cfg(MODEL__CLIP_VIT__FREEZE=True))
     assert not any(p.requires_grad for p in frozen.parameters())

@@ -29,6 +29,8 @@ def add_vilseg_backbone_config(cfg: CN) -> None:
     # The stem's norm, a Detectron2 get_norm name: "LN" (channel LayerNorm), "BN", "SyncBN" (use it
     # instead of "BN" for multi-GPU training), "GN", ... A from-scratch stem trains far faster with BN.
     cfg.MODEL.CLIP_VIT.CONV_STEM_NORM = "LN"
+    # Extra stride-1 3x3 convs after each stride-2 conv of the stem (0 = one conv per stage).
+    cfg.MODEL.CLIP_VIT.CONV_STEM_DEPTH = 0
     cfg.MODEL.CLIP_VIT.GRAD_CHECKPOINTING = False
     cfg.MODEL.CLIP_VIT.FREEZE = False
 
@@ -110,6 +112,11 @@ def add_vilseg_config(cfg: CN) -> None:
     cfg.INPUT.VILSEG.LOCAL_COLOR_MUL = 0.0
     cfg.INPUT.VILSEG.LOCAL_COLOR_ADD = 0.0
     cfg.INPUT.VILSEG.LOCAL_GRAYSCALE_PROB = 0.0
+    # The same for the global view, the one that meets the caption in L_cross (0 = off, the paper):
+    # captions' colour words then stop being a shortcut that stands in for the objects' names.
+    cfg.INPUT.VILSEG.GLOBAL_COLOR_MUL = 0.0
+    cfg.INPUT.VILSEG.GLOBAL_COLOR_ADD = 0.0
+    cfg.INPUT.VILSEG.GLOBAL_GRAYSCALE_PROB = 0.0
 
     # Caption data: records that cannot be read are skipped and counted; the run stops when the
     # skipped fraction passes this limit (after MIN_RECORDS_FOR_SKIP_CHECK records).

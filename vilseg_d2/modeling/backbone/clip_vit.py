@@ -21,11 +21,12 @@ __all__ = ["D2OpenCLIPViT", "D2OpenCLIPViTPyramid", "ConvStem"]
 class ConvStem(nn.Sequential):
     """Stride-2 3x3 convs in place of a ViT's patch projection ("early convolutions", Xiao et al.).
 
-    ``log2(patch_size)`` convs halve the resolution each (channels ``width, 2*width, ...``, a norm
-    + GELU), then a 1x1 conv maps to the transformer width. Output stride = patch size.
+    ``log2(patch_size)`` stages each halve the resolution with a stride-2 conv (channels ``width,
+    2*width, ...``, a norm + GELU), followed by ``depth`` stride-1 3x3 convs at that resolution;
+    then a 1x1 conv maps to the transformer width. Output stride = patch size.
     """
 
-    def __init__(self, *, patch_size: int, width: int, out_channels: int, norm: str = "LN"):
+    def __init__(self, *, patch_size: int, width: int, out_channels: int, norm: str = "LN", depth: int = 0):
         """
         Args:
             patch_size: output stride (a power of two).
@@ -34,6 +35,7 @@ class ConvStem(nn.Sequential):
             norm: a Detectron2 :func:`get_norm` name ("LN" = channel LayerNorm, "BN", "SyncBN",
                 "GN", ...). Batch norm trains a from-scratch stem far faster; "LN" has no batch
                 statistics.
+            depth: extra stride-1 3x3 convs per stage (0 = one conv per stage).
         """
         num = int(math.log2(patch_size))
         if 2**num != patch_size:
@@ -44,6 +46,9 @@ class ConvStem(nn.Sequential):
             ch = width * 2**i
             layers.append(Conv2d(in_ch, ch, 3, stride=2, padding=1, bias=False, norm=get_norm(norm, ch)))
             layers.append(nn.GELU())
+            for _ in range(depth):
+                layers.append(Conv2d(ch, ch, 3, padding=1, bias=False, norm=get_norm(norm, ch)))
+                layers.append(nn.GELU())
             in_ch = ch
         layers.append(nn.Conv2d(in_ch, out_channels, 1))
         super().__init__(*layers)
@@ -70,6 +75,7 @@ class D2OpenCLIPViT(Backbone):
         out_features: List[str],
         conv_stem_width: int = 0,
         conv_stem_norm: str = "LN",
+        conv_stem_depth: int = 0,
         grad_checkpointing: bool = False,
         freeze: bool = False,
     ):
@@ -79,6 +85,7 @@ class D2OpenCLIPViT(Backbone):
             out_features: subset of ``["emb", "res"]``.
             conv_stem_width: > 0 replaces the patch projection by a :class:`ConvStem` of that width.
             conv_stem_norm: the stem's norm (a Detectron2 ``get_norm`` name).
+            conv_stem_depth: extra stride-1 convs per stem stage.
             grad_checkpointing: recompute transformer blocks in backward to save memory.
             freeze: no gradients for any parameter (and eval-mode stem).
         """
@@ -96,7 +103,9 @@ class D2OpenCLIPViT(Backbone):
         if conv_stem_width > 0:
             del self.visual.conv1
             self.conv_stem = ConvStem(
-                patch_size=self.patch_size, width=conv_stem_width, out_channels=self.width, norm=conv_stem_norm
+                patch_size=self.patch_size, width=conv_stem_width, out_channels=self.width,
+                norm=conv_stem_norm,
+                depth=conv_stem_depth,
             )
         else:
             self.conv_stem = None
@@ -127,6 +136,7 @@ class D2OpenCLIPViT(Backbone):
             "out_features": list(cfg.MODEL.CLIP_VIT.OUT_FEATURES),
             "conv_stem_width": cfg.MODEL.CLIP_VIT.CONV_STEM_WIDTH if cfg.MODEL.CLIP_VIT.CONV_STEM else 0,
             "conv_stem_norm": cfg.MODEL.CLIP_VIT.CONV_STEM_NORM,
+            "conv_stem_depth": cfg.MODEL.CLIP_VIT.CONV_STEM_DEPTH,
             "grad_checkpointing": cfg.MODEL.CLIP_VIT.GRAD_CHECKPOINTING,
             "freeze": cfg.MODEL.CLIP_VIT.FREEZE,
         }
