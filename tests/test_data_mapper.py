@@ -113,6 +113,30 @@ def test_local_crops_recoloured_and_grayscale(fmt):
         _mapper(local_grayscale_prob=1.5)
 
 
+@pytest.mark.parametrize("fmt", ["RGB", "BGR"])
+def test_global_view_recoloured_and_grayscale(fmt):
+    data = png_bytes(random_image(60, 90, seed=5))
+    plain = _mapper(image_format=fmt, global_scale=(1.0, 1.0), global_size=60)
+    np.random.seed(2)
+    ref = plain({"image_bytes": data, "caption": "x"})
+    gray = _mapper(image_format=fmt, global_scale=(1.0, 1.0), global_size=60, global_grayscale_prob=1.0)
+    np.random.seed(2)
+    out = gray({"image_bytes": data, "caption": "x"})
+    assert torch.equal(out["image"][0], out["image"][1]) and torch.equal(out["image"][1], out["image"][2])
+    rgb = ref["image"].double() if fmt == "RGB" else ref["image"].double().flip(0)
+    luma = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+    assert (out["image"][0].double() - luma).abs().max() <= 1.0
+    assert all(torch.equal(a, b) for a, b in zip(out["local_crops"], ref["local_crops"]))  # local crops as before
+    # g(x) is made from the recoloured view: only its own colour change and flip separate them.
+    tf = out["transformed_image"].double()
+    tf = tf.flip(-1) if out["flip"] else tf
+    assert np.corrcoef(tf[0].flatten(), out["image"][0].double().flatten())[0, 1] > 0.9
+
+    coloured = _mapper(image_format=fmt, global_scale=(1.0, 1.0), global_size=60, global_color_mul=0.8, global_color_add=0.3)
+    views = [coloured({"image_bytes": data, "caption": "x"})["image"] for _ in range(2)]
+    assert all(not torch.equal(v, ref["image"]) for v in views) and not torch.equal(views[0], views[1])
+
+
 def test_captions_list_draws_one():
     mapper = _mapper()
     captions = ["one", "two", "three"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 import numpy as np
 import torch
@@ -33,7 +34,11 @@ class ViLSegCaptionDatasetMapper:
     Output dict:
 
     * ``"image"``: the global view x, uint8 tensor 3×G×G (G = ``global_size``), channels in
-      ``image_format`` order; a random resized crop of area fraction ``global_scale``.
+      ``image_format`` order; a random resized crop of area fraction ``global_scale``, recoloured
+      with ``global_color_mul`` / ``global_color_add`` and turned grayscale with probability
+      ``global_grayscale_prob`` (0 = off, the paper). This view meets the caption in L_cross: the
+      recolouring makes the caption's colour words unreliable, so that they cannot stand in for
+      the objects' names.
     * ``"local_crops"``: list of ``num_local_crops`` uint8 tensors 3×L×L, random resized crops
       of area fraction ``local_scale`` of the decoded image (the multi-crop views), each then
       recoloured like g(x) with ``local_color_mul`` / ``local_color_add`` and turned grayscale
@@ -69,6 +74,9 @@ class ViLSegCaptionDatasetMapper:
         local_color_mul: float = 0.0,
         local_color_add: float = 0.0,
         local_grayscale_prob: float = 0.0,
+        global_color_mul: float = 0.0,
+        global_color_add: float = 0.0,
+        global_grayscale_prob: float = 0.0,
         image_format: str = "BGR",
     ):
         """
@@ -83,6 +91,8 @@ class ViLSegCaptionDatasetMapper:
             local_color_mul, local_color_add: the same per-channel colour change for each local
                 crop (0 = none).
             local_grayscale_prob: probability that a local crop is made grayscale.
+            global_color_mul, global_color_add, global_grayscale_prob: the same for the global
+                view x (before g(x) is made from it).
             flip_prob: probability that g(x) flips horizontally.
             image_format: "BGR" or "RGB", the channel order of the output (cfg.INPUT.FORMAT).
         """
@@ -103,10 +113,8 @@ class ViLSegCaptionDatasetMapper:
         self.local_crop = RandomResizedCrop(self.local_size, scale=tuple(local_scale))
         self.color = RandomColorAffine(color_mul, color_add)
         self.flip = T.RandomFlip(prob=flip_prob, horizontal=True, vertical=False)
-        self.local_color = T.AugmentationList(
-            [RandomColorAffine(local_color_mul, local_color_add), RandomGrayscale(local_grayscale_prob, image_format)]
-        )
-        self._recolour_local = local_color_mul > 0 or local_color_add > 0 or local_grayscale_prob > 0
+        self.local_color = _recolouring(local_color_mul, local_color_add, local_grayscale_prob, image_format)
+        self.global_color = _recolouring(global_color_mul, global_color_add, global_grayscale_prob, image_format)
         # Decode large JPEGs at a reduced scale that still covers the global crop at full
         # resolution (the crop covers >= sqrt(min scale) of the side).
         self._decode_min_size = int(np.ceil(self.global_size / np.sqrt(min(global_scale))))
@@ -114,6 +122,7 @@ class ViLSegCaptionDatasetMapper:
             f"ViLSegCaptionDatasetMapper: global {self.global_size}px scale {tuple(global_scale)}, "
             f"{self.num_local_crops} local {self.local_size}px scale {tuple(local_scale)}, "
             f"local colour mul ±{local_color_mul}, add ±{local_color_add}, grayscale p={local_grayscale_prob}; "
+            f"global colour mul ±{global_color_mul}, add ±{global_color_add}, grayscale p={global_grayscale_prob}; "
             f"g(x): mul ±{color_mul}, add ±{color_add}, flip p={flip_prob}; {image_format}"
         )
 
@@ -131,14 +140,20 @@ class ViLSegCaptionDatasetMapper:
             "local_color_mul": v.LOCAL_COLOR_MUL,
             "local_color_add": v.LOCAL_COLOR_ADD,
             "local_grayscale_prob": v.LOCAL_GRAYSCALE_PROB,
+            "global_color_mul": v.GLOBAL_COLOR_MUL,
+            "global_color_add": v.GLOBAL_COLOR_ADD,
+            "global_grayscale_prob": v.GLOBAL_GRAYSCALE_PROB,
             "flip_prob": v.FLIP_PROB,
             "image_format": cfg.INPUT.FORMAT,
         }
 
-    def _recolour(self, view: np.ndarray) -> np.ndarray:
-        """One local view through the colour change and random grayscale (drawn per view)."""
+    @staticmethod
+    def _recolour(recolouring: Optional[T.AugmentationList], view: np.ndarray) -> np.ndarray:
+        """One view through a colour change and random grayscale (drawn per view); None = as is."""
+        if recolouring is None:
+            return view
         aug = T.AugInput(view)
-        self.local_color(aug)
+        recolouring(aug)
         return aug.image
 
     def _caption(self, record: dict) -> str:
@@ -179,8 +194,8 @@ class ViLSegCaptionDatasetMapper:
         local_views = [
             self.local_crop.get_transform(img).apply_image(img) for _ in range(self.num_local_crops)
         ]
-        if self._recolour_local:
-            local_views = [self._recolour(v) for v in local_views]
+        local_views = [self._recolour(self.local_color, v) for v in local_views]
+        global_view = self._recolour(self.global_color, global_view)
         color_tfm = self.color.get_transform(global_view)
         flip_tfm = self.flip.get_transform(global_view)
         transformed = T.TransformList([color_tfm, flip_tfm]).apply_image(global_view)
@@ -191,3 +206,10 @@ class ViLSegCaptionDatasetMapper:
             "flip": isinstance(flip_tfm, T.HFlipTransform),
             "caption": caption,
         }
+
+
+def _recolouring(mul: float, add: float, grayscale_prob: float, image_format: str) -> Optional[T.AugmentationList]:
+    """A per-channel colour change then random grayscale; None when all three are 0."""
+    if mul <= 0 and add <= 0 and grayscale_prob <= 0:
+        return None
+    return T.AugmentationList([RandomColorAffine(mul, add), RandomGrayscale(grayscale_prob, image_format)])
