@@ -44,6 +44,9 @@ def parse_args(argv=None):
     p.add_argument("--config-file", default=os.path.join(ROOT, "configs", "vilseg_tiny.yaml"))
     p.add_argument("--ablation", action="store_true", help="also train and evaluate ViL-Seg without L_vision")
     p.add_argument("--pictures", type=int, default=8, help="validation images to draw")
+    p.add_argument("--bg-threshold", type=float, default=0.995,
+                   help="MODEL.VILSEG.BG_THRESHOLD for the evaluation: class 0 ('background') takes every pixel "
+                        "whose best shape probability is below it (captions never name the background as a thing)")  # fmt: skip
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE ...")
     return p.parse_args(argv)
 
@@ -60,7 +63,8 @@ def ensure_world(data_dir: str) -> None:
 
 def make_cfg(args, output_dir: str, extra=()):
     cfg = get_vilseg_cfg(args.config_file, ["MODEL.DEVICE", "cpu", "SOLVER.AMP.ENABLED", True, "SOLVER.AMP.DTYPE",
-                                            "bf16", "OUTPUT_DIR", output_dir, "TEST.EVAL_PERIOD", 0, *extra, *args.opts])
+                                            "bf16", "OUTPUT_DIR", output_dir, "TEST.EVAL_PERIOD", 0,
+                                            "MODEL.VILSEG.BG_THRESHOLD", args.bg_threshold, *extra, *args.opts])
     cfg.freeze()
     return cfg
 
