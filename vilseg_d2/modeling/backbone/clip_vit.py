@@ -103,7 +103,9 @@ class D2OpenCLIPViT(Backbone):
         if conv_stem_width > 0:
             del self.visual.conv1
             self.conv_stem = ConvStem(
-                patch_size=self.patch_size, width=conv_stem_width, out_channels=self.width,
+                patch_size=self.patch_size,
+                width=conv_stem_width,
+                out_channels=self.width,
                 norm=conv_stem_norm,
                 depth=conv_stem_depth,
             )
