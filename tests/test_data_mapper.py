@@ -195,3 +195,25 @@ def test_random_resized_crop_scales_and_coords():
     thin = random_image(4, 400)
     t = RandomResizedCrop(16, scale=(0.9, 1.0)).get_transform(thin)
     assert t.h == 4 and t.w == round(4 * 4 / 3)
+
+
+def test_views_left_out_for_steps_without_the_auxiliary_objectives():
+    cfg = get_cfg()
+    add_vilseg_config(cfg)
+    record = {"image_bytes": jpeg_bytes(150, 200), "caption": "a cat"}
+    out = ViLSegCaptionDatasetMapper(cfg, True, local_crops=False, transformed_view=False)(record)
+    assert set(out) == {"image", "local_crops", "caption"} and out["local_crops"] == []
+    out = ViLSegCaptionDatasetMapper(cfg, True, transformed_view=False)(record)
+    assert len(out["local_crops"]) == cfg.INPUT.VILSEG.NUM_LOCAL_CROPS and "transformed_image" not in out
+
+
+def test_training_views_follow_the_auxiliary_warmup_and_weights():
+    from vilseg_d2.engine.trainer import training_views
+
+    cfg = get_cfg()
+    add_vilseg_config(cfg)
+    cfg.MODEL.VILSEG.AUX_WARMUP_ITERS = (5, 8)
+    assert training_views(cfg, 4) == {"local_crops": False, "transformed_view": False}
+    assert training_views(cfg, 5) == {"local_crops": True, "transformed_view": True}
+    cfg.MODEL.VILSEG.VISION_WEIGHT = 0.0  # the no-L_vision ablation never needs local crops
+    assert training_views(cfg, 100) == {"local_crops": False, "transformed_view": True}

@@ -100,7 +100,10 @@ def kill_after_checkpoint(cmd: list[str], root: Path, out_dir: Path) -> int:
 
 def test_sigkill_then_resume_continues_like_an_uninterrupted_run(datasets_root, tmp_path):
     reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
-    run(command(reference_dir), datasets_root)
+    log = run(command(reference_dir), datasets_root)
+    # Iteration 0 (L_cross alone) reads a loader without the auxiliary views; the loader that
+    # replaces it at iteration 1 continues the caption stream there, like the resumed run below.
+    assert "Iteration 1: the training loader now makes {'local_crops': True, 'transformed_view': True}" in log
     reference = metrics(reference_dir)
     assert sorted(reference) == list(range(MAX_ITER))
 

@@ -16,6 +16,7 @@ import sys
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import vilseg_d2  # noqa: E402,F401  (fills the registries)
@@ -27,6 +28,8 @@ def setup(args):
     cfg = get_vilseg_cfg(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    # The project's own log lines (data mapper, loader switches, skipped records), like Mask2Former.
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="vilseg_d2")
     if cfg.MODEL.DEVICE == "cpu":
         logging.getLogger("detectron2").info("No CUDA device: running on CPU.")
     return cfg

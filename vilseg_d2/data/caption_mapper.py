@@ -47,7 +47,7 @@ class ViLSegCaptionDatasetMapper:
     * ``"transformed_image"``: g(x), uint8 3×G×G: per channel x * U(1-m, 1+m) + U(-a, a) * 255,
       clipped to [0, 255], then flipped horizontally with probability ``flip_prob``.
     * ``"flip"``: bool, whether ``transformed_image`` was flipped (the model undoes it on the
-      features: ``feat.flip(-1)``).
+      features: ``feat.flip(-1)``). These two only with ``transformed_view``.
     * ``"caption"``: str.
 
     Randomness comes from ``np.random`` as in Detectron2's augmentations; the caption stream
@@ -77,6 +77,7 @@ class ViLSegCaptionDatasetMapper:
         global_color_mul: float = 0.0,
         global_color_add: float = 0.0,
         global_grayscale_prob: float = 0.0,
+        transformed_view: bool = True,
         image_format: str = "BGR",
     ):
         """
@@ -94,6 +95,8 @@ class ViLSegCaptionDatasetMapper:
             global_color_mul, global_color_add, global_grayscale_prob: the same for the global
                 view x (before g(x) is made from it).
             flip_prob: probability that g(x) flips horizontally.
+            transformed_view: make g(x) (``transformed_image`` and ``flip``); only L_cluster
+                reads it.
             image_format: "BGR" or "RGB", the channel order of the output (cfg.INPUT.FORMAT).
         """
         if image_format not in ("BGR", "RGB"):
@@ -108,6 +111,7 @@ class ViLSegCaptionDatasetMapper:
         self.global_size = int(global_size)
         self.local_size = int(local_size)
         self.num_local_crops = int(num_local_crops)
+        self.transformed_view = bool(transformed_view)
         self.image_format = image_format
         self.global_crop = RandomResizedCrop(self.global_size, scale=tuple(global_scale))
         self.local_crop = RandomResizedCrop(self.local_size, scale=tuple(local_scale))
@@ -127,12 +131,15 @@ class ViLSegCaptionDatasetMapper:
         )
 
     @classmethod
-    def from_config(cls, cfg, is_train: bool = True) -> dict:
+    def from_config(cls, cfg, is_train: bool = True, *, local_crops: bool = True, transformed_view: bool = True) -> dict:
+        """``local_crops=False`` / ``transformed_view=False`` leave out the views of L_vision /
+        L_cluster (for training steps without them)."""
         v = cfg.INPUT.VILSEG
         return {
             "global_size": v.GLOBAL_SIZE,
             "global_scale": tuple(v.GLOBAL_SCALE),
-            "num_local_crops": v.NUM_LOCAL_CROPS,
+            "num_local_crops": v.NUM_LOCAL_CROPS if local_crops else 0,
+            "transformed_view": transformed_view,
             "local_size": v.LOCAL_SIZE,
             "local_scale": tuple(v.LOCAL_SCALE),
             "color_mul": v.COLOR_MUL,
@@ -174,7 +181,8 @@ class ViLSegCaptionDatasetMapper:
             record: a caption record (see the class docstring).
 
         Returns:
-            dict: ``image``, ``local_crops``, ``transformed_image``, ``flip``, ``caption``.
+            dict: ``image``, ``local_crops``, ``caption``, and with ``transformed_view``,
+            ``transformed_image`` and ``flip``.
 
         Raises:
             BadRecordError: the record cannot be used.
@@ -196,16 +204,18 @@ class ViLSegCaptionDatasetMapper:
         ]
         local_views = [self._recolour(self.local_color, v) for v in local_views]
         global_view = self._recolour(self.global_color, global_view)
-        color_tfm = self.color.get_transform(global_view)
-        flip_tfm = self.flip.get_transform(global_view)
-        transformed = T.TransformList([color_tfm, flip_tfm]).apply_image(global_view)
-        return {
+        sample = {
             "image": _to_chw_tensor(global_view),
             "local_crops": [_to_chw_tensor(v) for v in local_views],
-            "transformed_image": _to_chw_tensor(transformed),
-            "flip": isinstance(flip_tfm, T.HFlipTransform),
             "caption": caption,
         }
+        if self.transformed_view:
+            color_tfm = self.color.get_transform(global_view)
+            flip_tfm = self.flip.get_transform(global_view)
+            transformed = T.TransformList([color_tfm, flip_tfm]).apply_image(global_view)
+            sample["transformed_image"] = _to_chw_tensor(transformed)
+            sample["flip"] = isinstance(flip_tfm, T.HFlipTransform)
+        return sample
 
 
 def _recolouring(mul: float, add: float, grayscale_prob: float, image_format: str) -> Optional[T.AugmentationList]:

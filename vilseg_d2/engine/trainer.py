@@ -9,19 +9,20 @@ from typing import Dict, List, Optional
 
 import torch
 from detectron2.data import DatasetMapper, MetadataCatalog, build_detection_test_loader
-from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model, hooks
+from detectron2.engine import DefaultTrainer, HookBase, TrainerBase, create_ddp_model, hooks
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
 from detectron2.utils.logger import setup_logger
 
 from ..data.build import build_caption_train_loader
+from ..data.caption_mapper import ViLSegCaptionDatasetMapper
 from ..data.caption_stream import CaptionTrainStream
 from ..evaluation import ViLSegSemSegEvaluator
 from .checkpoint import ViLSegCheckpointer
 from .optimizer import build_vilseg_optimizer
 from .train_loop import AutocastTrainer
 
-__all__ = ["ViLSegTrainer", "eval_vocabulary"]
+__all__ = ["ViLSegTrainer", "eval_vocabulary", "training_views"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,32 @@ def eval_vocabulary(cfg, dataset_name: str) -> List[str]:
             raise ValueError(f"TEST.VILSEG.VOCABULARY='unseen' but {dataset_name} has no unseen_classes metadata.")
         return unseen
     raise ValueError(f"TEST.VILSEG.VOCABULARY must be 'all' or 'unseen', got {mode!r}.")
+
+
+def training_views(cfg, iteration: int) -> Dict[str, bool]:
+    """Which auxiliary views the batch of training step ``iteration`` needs: ``local_crops``
+    for L_vision, ``transformed_view`` (g(x)) for L_cluster. Neither before
+    ``MODEL.VILSEG.AUX_WARMUP_ITERS[0]``, and never for an objective of weight 0."""
+    v = cfg.MODEL.VILSEG
+    active = iteration >= int(v.AUX_WARMUP_ITERS[0])
+    return {"local_crops": active and v.VISION_WEIGHT > 0, "transformed_view": active and v.CLUSTER_WEIGHT > 0}
+
+
+def _continue_at(loader, iteration: int) -> None:
+    """Tell a caption loader's stream to start at ``iteration`` (other loaders are left alone)."""
+    stream = getattr(loader, "dataset", None)
+    if isinstance(stream, CaptionTrainStream):
+        stream.set_start_iteration(iteration)
+
+
+class _AuxViewsHook(HookBase):
+    """Switches to a loader with the auxiliary views when the auxiliary objectives join
+    (``MODEL.VILSEG.AUX_WARMUP_ITERS[0]``): until then the mapper skips them, and the loader
+    keeps up with the step (tiny config: 6 local crops and g(x) cost a worker about as much as
+    the whole L_cross step)."""
+
+    def before_step(self):
+        self.trainer.use_training_views(self.trainer.iter)
 
 
 class _TestMapper:
@@ -76,7 +103,8 @@ class ViLSegTrainer(DefaultTrainer):
 
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
+        self._views = training_views(cfg, 0)
+        data_loader = self.build_train_loader(cfg, **self._views)
         on_cpu = next(model.parameters()).device.type == "cpu"
         # While the auxiliary objectives warm up (MODEL.VILSEG.AUX_WARMUP_ITERS) their heads get no
         # gradient, which DDP must be told.
@@ -103,18 +131,35 @@ class ViLSegTrainer(DefaultTrainer):
         so that it continues where the checkpoint left it
         (:meth:`CaptionTrainStream.set_start_iteration`) instead of starting over."""
         super().resume_or_load(resume=resume)
-        stream = getattr(self._trainer.data_loader, "dataset", None)
-        if isinstance(stream, CaptionTrainStream):
-            if self._trainer._data_loader_iter_obj is not None:
-                raise RuntimeError("resume_or_load must be called before training reads the data loader.")
-            stream.set_start_iteration(self.start_iter)
+        if self._trainer._data_loader_iter_obj is not None:
+            raise RuntimeError("resume_or_load must be called before training reads the data loader.")
+        self.use_training_views(self.start_iter)
+        _continue_at(self._trainer.data_loader, self.start_iter)
+
+    def use_training_views(self, iteration: int) -> None:
+        """Make the loader deliver the views that step ``iteration`` needs (:func:`training_views`):
+        when they change, a new loader replaces the old one and its caption stream continues at
+        ``iteration``, as a run resumed there would."""
+        views = training_views(self.cfg, iteration)
+        if views == self._views:
+            return
+        logger.info(f"Iteration {iteration}: the training loader now makes {views}.")
+        self._views = views
+
+        def build():
+            loader = self.build_train_loader(self.cfg, **views)
+            _continue_at(loader, iteration)
+            return loader
+
+        self._trainer.reset_data_loader(build)
 
     def build_hooks(self):
-        """DefaultTrainer's hooks, with the writers run every ``SOLVER.LOG_PERIOD`` iterations."""
+        """DefaultTrainer's hooks, with the writers run every ``SOLVER.LOG_PERIOD`` iterations,
+        and the switch to the auxiliary views when their objectives join."""
         period = int(self.cfg.SOLVER.LOG_PERIOD)
         if period < 1:
             raise ValueError(f"SOLVER.LOG_PERIOD must be >= 1, got {period}.")
-        return [
+        return [_AuxViewsHook()] + [
             hooks.PeriodicWriter(h._writers, period=period) if isinstance(h, hooks.PeriodicWriter) else h
             for h in super().build_hooks()
         ]
@@ -131,8 +176,10 @@ class ViLSegTrainer(DefaultTrainer):
         ]
 
     @classmethod
-    def build_train_loader(cls, cfg):
-        return build_caption_train_loader(cfg)
+    def build_train_loader(cls, cfg, *, local_crops: bool = True, transformed_view: bool = True):
+        """The caption loader; ``local_crops`` / ``transformed_view`` False leave those views out."""
+        mapper = ViLSegCaptionDatasetMapper(cfg, True, local_crops=local_crops, transformed_view=transformed_view)
+        return build_caption_train_loader(cfg, mapper)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
