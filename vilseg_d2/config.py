@@ -85,9 +85,14 @@ def add_vilseg_config(cfg: CN) -> None:
     # Pixels whose best class probability is below this go to class 0 (the background);
     # 0 disables it.
     cfg.MODEL.VILSEG.BG_THRESHOLD = 0.0
+    # Pixels (dense) or regions (online, K-means) whose embedding has at least this cosine
+    # similarity with the image embedding e_v also go to class 0; 0 disables it.
+    cfg.MODEL.VILSEG.BG_GLOBAL_SIMILARITY = 0.0
     # Sliding-window inference for large images: window side in pixels (0 = whole image).
     cfg.MODEL.VILSEG.SLIDING_WINDOW_SIZE = 0
     cfg.MODEL.VILSEG.SLIDING_WINDOW_STRIDE = 0
+    # Inference on a token grid of twice the resolution from 4 passes shifted by a quarter patch.
+    cfg.MODEL.VILSEG.SHIFTED_TOKENS = False
 
     # Text side: the open_clip text tower of MODEL.OPEN_CLIP.MODEL_NAME.
     cfg.MODEL.VILSEG.TEXT = CN()

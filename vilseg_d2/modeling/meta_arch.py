@@ -78,8 +78,10 @@ class ViLSeg(nn.Module):
         kmeans_iters: int = 20,
         kmeans_seed: int = 0,
         bg_threshold: float = 0.0,
+        bg_global_similarity: float = 0.0,
         sliding_window_size: int = 0,
         sliding_window_stride: int = 0,
+        shifted_tokens: bool = False,
         vocabulary: Optional[Sequence[str]] = None,
     ):
         """
@@ -103,13 +105,21 @@ class ViLSeg(nn.Module):
             kmeans_iters, kmeans_seed: the K-means baseline's settings.
             bg_threshold: > 0 makes class 0 of the vocabulary the background: it is not matched
                 by text, and gets every pixel whose best class probability is below the threshold.
+            bg_global_similarity: > 0 also makes class 0 the background, and gives it every
+                pixel ("dense") or region ("online", "kmeans") whose embedding has at least this
+                cosine similarity with the image's embedding (the mean of its pixel embeddings,
+                e_v of the paper). Training matches e_v to the caption, and the background,
+                most of the image, carries that image-level summary; objects stand out from it.
             sliding_window_size, sliding_window_stride: > 0 segments images larger than the window
                 window by window, averaging the class probabilities where windows overlap.
+            shifted_tokens: at inference, run the backbone on the image shifted by -patch/4 and
+                +patch/4 in each direction (4 passes) and interleave the four token grids into
+                one of twice the resolution, centred like a stride patch/2 grid.
             vocabulary: default class names for inference.
         """
         super().__init__()
-        if global_pool not in ("mean", "cls"):
-            raise ValueError(f"MODEL.VILSEG.GLOBAL_POOL must be 'mean' or 'cls', got {global_pool!r}.")
+        if global_pool not in ("mean", "max", "cls"):
+            raise ValueError(f"MODEL.VILSEG.GLOBAL_POOL must be 'mean', 'max' or 'cls', got {global_pool!r}.")
         if inference_mode not in INFERENCE_MODES:
             raise ValueError(f"MODEL.VILSEG.INFERENCE_MODE must be one of {INFERENCE_MODES}, got {inference_mode!r}.")
         self.backbone = backbone
@@ -140,8 +150,10 @@ class ViLSeg(nn.Module):
         self.kmeans_iters = kmeans_iters
         self.kmeans_seed = kmeans_seed
         self.bg_threshold = bg_threshold
+        self.bg_global_similarity = bg_global_similarity
         self.sliding_window_size = sliding_window_size
         self.sliding_window_stride = sliding_window_stride or max(sliding_window_size * 2 // 3, 1)
+        self.shifted_tokens = shifted_tokens
         self.vocabulary = list(vocabulary) if vocabulary else None
         # An ablated branch's parameters get no gradient: freeze them (DDP needs every trainable
         # parameter to receive one).
@@ -199,8 +211,10 @@ class ViLSeg(nn.Module):
             "kmeans_iters": v.KMEANS_ITERS,
             "kmeans_seed": v.KMEANS_SEED,
             "bg_threshold": v.BG_THRESHOLD,
+            "bg_global_similarity": v.BG_GLOBAL_SIMILARITY,
             "sliding_window_size": v.SLIDING_WINDOW_SIZE,
             "sliding_window_stride": v.SLIDING_WINDOW_STRIDE,
+            "shifted_tokens": v.SHIFTED_TOKENS,
             "vocabulary": vocabulary,
         }
 
@@ -211,6 +225,11 @@ class ViLSeg(nn.Module):
     @property
     def num_clusters(self) -> int:
         return self.clustering_head.num_clusters
+
+    @property
+    def has_background(self) -> bool:
+        """Whether class 0 of a vocabulary is the background, found without its text."""
+        return self.bg_threshold > 0 or self.bg_global_similarity > 0
 
     def set_vocabulary(self, class_names: Sequence[str]) -> None:
         """Set the default vocabulary used when an input names none."""
@@ -231,6 +250,8 @@ class ViLSeg(nn.Module):
         """e_v, N x D: mean of the pixel embeddings (paper) or the CLS embedding."""
         if self.global_pool == "cls":
             return tokens["cls"]
+        if self.global_pool == "max":
+            return tokens["emb"].amax(dim=(2, 3))
         return tokens["emb"].mean(dim=(2, 3))
 
     def _teacher_temperature(self) -> float:
@@ -394,7 +415,7 @@ class ViLSeg(nn.Module):
         results = []
         for x in batched_inputs:
             vocab = self._vocabulary(x)
-            text = self.text_encoder.class_embeddings(vocab[1:] if self.bg_threshold > 0 else vocab)
+            text = self.text_encoder.class_embeddings(vocab[1:] if self.has_background else vocab)
             image = self._normalize([self._input_image(x["image"])])[0]  # 3 x H x W
             H, W = image.shape[-2:]
             output_size = (x.get("height", H), x.get("width", W))
@@ -447,9 +468,10 @@ class ViLSeg(nn.Module):
         patch = self.backbone.size_divisibility
         padded = ImageList.from_tensors([image], size_divisibility=patch).tensor  # 1 x 3 x Hp x Wp
         Hp, Wp = padded.shape[-2:]
-        emb = self.backbone.forward_tokens(padded)["emb"].float()  # 1 x D x h x w
+        emb = self._pixel_embeddings(padded)  # 1 x D x h x w
         h, w = emb.shape[-2:]
         emb_flat = F.normalize(emb[0].flatten(1).t(), dim=-1)  # hw x D
+        image_emb = F.normalize(emb[0].mean(dim=(1, 2)), dim=0)  # D, e_v
 
         def to_output(maps: torch.Tensor) -> torch.Tensor:
             """N x h x w token-grid maps -> N x height x width (padding cropped, then resized)."""
@@ -458,7 +480,8 @@ class ViLSeg(nn.Module):
 
         if self.inference_mode == "dense":
             logits = (self.scale() * (emb_flat @ text.t())).t().reshape(-1, h, w)  # K' x h x w
-            probs = self._with_background(to_output(logits).softmax(0))
+            similarity = to_output((emb_flat @ image_emb).view(1, h, w))[0]  # height x width
+            probs = self._with_background(to_output(logits).softmax(0), similarity)
             return probs, probs.max(0).indices
 
         if self.inference_mode == "online":
@@ -475,7 +498,7 @@ class ViLSeg(nn.Module):
         empty = weights.sum(0) == 0
         weights[:, empty] = cluster_logits.flatten(1).t().softmax(-1)[:, empty]
         region = F.normalize(weights.t() @ emb_flat, dim=-1)  # C x D
-        region_probs = self._with_background((self.scale() * region @ text.t()).softmax(-1).t())  # K x C
+        region_probs = self._with_background((self.scale() * region @ text.t()).softmax(-1).t(), region @ image_emb)  # K x C
 
         # Pixel-level assignment from the upsampled cluster logits; each pixel takes its region's scores.
         # Written pixel-major (height x width x K, returned as a K x height x width view): a row copy
@@ -486,12 +509,42 @@ class ViLSeg(nn.Module):
         scores = F.embedding(assign, region_probs.t()).permute(2, 0, 1)  # K x height x width view
         return scores, assign
 
-    def _with_background(self, probs: torch.Tensor) -> torch.Tensor:
-        """With a background threshold, prepend the constant background score (class 0)."""
-        if self.bg_threshold <= 0:
+    def _pixel_embeddings(self, padded: torch.Tensor) -> torch.Tensor:
+        """e_pxl of a padded image, 1 x 3 x Hp x Wp -> 1 x D x h x w (fp32); with
+        ``shifted_tokens``, h and w are doubled (see ``__init__``)."""
+        if not self.shifted_tokens:
+            return self.backbone.forward_tokens(padded)["emb"].float()
+        q = self.backbone.size_divisibility // 4
+        Hp, Wp = padded.shape[-2:]
+        border = F.pad(padded, (q, q, q, q), mode="replicate")
+        # Offsets 0 and 2q of the bordered image shift the patches by -q and +q: patch i of the
+        # two passes is centred at p*i + p/4 and p*i + 3p/4, the centres of a stride-p/2 grid.
+        views = torch.cat([border[..., y : y + Hp, x : x + Wp] for y in (0, 2 * q) for x in (0, 2 * q)])
+        emb = self.backbone.forward_tokens(views)["emb"].float()  # 4 x D x h x w, (y, x) order
+        D, h, w = emb.shape[1:]
+        return emb.view(2, 2, D, h, w).permute(2, 3, 0, 4, 1).reshape(1, D, 2 * h, 2 * w)
+
+    def _with_background(self, probs: torch.Tensor, image_similarity: torch.Tensor) -> torch.Tensor:
+        """Prepend the background (class 0) when the model has one.
+
+        Args:
+            probs: K' x N... probabilities of the named classes.
+            image_similarity: N..., cosine similarity of each pixel / region with e_v.
+
+        Returns:
+            probs (no background), or K x N...: class 0 scores ``bg_threshold``, and pixels or
+            regions at ``bg_global_similarity`` or above are background with probability 1.
+        """
+        if not self.has_background:
             return probs
         bg = probs.new_full((1,) + probs.shape[1:], self.bg_threshold)
-        return torch.cat([bg, probs], dim=0)
+        probs = torch.cat([bg, probs], dim=0)
+        if self.bg_global_similarity > 0:
+            is_bg = image_similarity >= self.bg_global_similarity
+            background = probs.new_zeros((len(probs),) + (1,) * is_bg.dim())
+            background[0] = 1.0
+            probs = torch.where(is_bg, background, probs)
+        return probs
 
 
 def _windows(length: int, size: int, stride: int) -> List[Tuple[int, int]]:
