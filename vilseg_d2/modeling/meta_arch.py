@@ -118,8 +118,8 @@ class ViLSeg(nn.Module):
             vocabulary: default class names for inference.
         """
         super().__init__()
-        if global_pool not in ("mean", "max", "cls"):
-            raise ValueError(f"MODEL.VILSEG.GLOBAL_POOL must be 'mean', 'max' or 'cls', got {global_pool!r}.")
+        if global_pool not in ("mean", "cls"):
+            raise ValueError(f"MODEL.VILSEG.GLOBAL_POOL must be 'mean' or 'cls', got {global_pool!r}.")
         if inference_mode not in INFERENCE_MODES:
             raise ValueError(f"MODEL.VILSEG.INFERENCE_MODE must be one of {INFERENCE_MODES}, got {inference_mode!r}.")
         self.backbone = backbone
@@ -250,8 +250,6 @@ class ViLSeg(nn.Module):
         """e_v, N x D: mean of the pixel embeddings (paper) or the CLS embedding."""
         if self.global_pool == "cls":
             return tokens["cls"]
-        if self.global_pool == "max":
-            return tokens["emb"].amax(dim=(2, 3))
         return tokens["emb"].mean(dim=(2, 3))
 
     def _teacher_temperature(self) -> float:
