@@ -172,6 +172,7 @@ def main(argv=None):
     args = parse_args(argv)
     os.makedirs(args.output, exist_ok=True)
     setup_logger(output=os.path.join(args.output, "demo_log.txt"))
+    setup_logger(output=os.path.join(args.output, "demo_log.txt"), name="vilseg_d2")
     setup_logger(name="vilseg_demo")
     t0 = time.perf_counter()
     ensure_world(args.data)
