@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
@@ -272,25 +271,6 @@ def test_sliding_windows_cover_the_image_without_extra_area():
     assert all(b - a <= 448 for a, b in wins) and all(a2 <= b1 for (_, b1), (a2, _) in zip(wins, wins[1:]))
 
 
-def test_shifted_tokens_interleave_quarter_patch_shifted_grids(eval_model, monkeypatch):
-    # A stand-in backbone whose "embedding" is each patch's mean colour: the interleaved grid must
-    # then be the mean over patches every half patch, starting a quarter patch before the image.
-    monkeypatch.setattr(eval_model.backbone, "forward_tokens", lambda x: {"emb": F.avg_pool2d(x, 16)})
-    monkeypatch.setattr(eval_model, "shifted_tokens", True)
-    image = torch.randn(1, 3, 64, 96)
-    expected = F.avg_pool2d(F.pad(image, (4, 4, 4, 4), mode="replicate"), 16, stride=8)  # 1 x 3 x 8 x 12
-    torch.testing.assert_close(eval_model._pixel_embeddings(image), expected)
-
-
-@pytest.mark.parametrize("mode", ["online", "kmeans", "dense"])
-def test_shifted_tokens_inference(eval_model, monkeypatch, mode):
-    monkeypatch.setattr(eval_model, "shifted_tokens", True)
-    monkeypatch.setattr(eval_model, "inference_mode", mode)
-    out = eval_model([{"image": torch.randint(0, 256, (3, 70, 100), dtype=torch.uint8), "vocabulary": ["a", "b"]}])[0]
-    assert out["sem_seg"].shape == (2, 70, 100) and out["clusters"].shape == (70, 100)
-    assert torch.allclose(out["sem_seg"].sum(0), torch.ones(70, 100), atol=1e-4)
-
-
 @pytest.mark.parametrize("mode", ["kmeans", "dense"])
 def test_background_is_what_resembles_the_image_embedding(eval_model, monkeypatch, mode):
     # 4 x 4 tokens: a 2 x 2 object (embedding b) on a background (a, orthogonal to b). e_v is
@@ -300,7 +280,7 @@ def test_background_is_what_resembles_the_image_embedding(eval_model, monkeypatc
     a[0], b[1] = 1.0, 1.0
     emb = a.view(1, D, 1, 1).repeat(1, 1, 4, 4)
     emb[0, :, 1:3, 1:3] = b.view(D, 1, 1)
-    monkeypatch.setattr(eval_model, "_pixel_embeddings", lambda padded: emb.clone())
+    monkeypatch.setattr(eval_model.backbone, "forward_tokens", lambda padded: {"emb": emb.clone()})
     monkeypatch.setattr(eval_model, "inference_mode", mode)
     monkeypatch.setattr(eval_model, "bg_global_similarity", 0.9)
     out = eval_model([{"image": torch.zeros(3, 64, 64, dtype=torch.uint8), "vocabulary": ["background", "circle", "star"]}])[0]

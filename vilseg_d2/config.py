@@ -91,8 +91,6 @@ def add_vilseg_config(cfg: CN) -> None:
     # Sliding-window inference for large images: window side in pixels (0 = whole image).
     cfg.MODEL.VILSEG.SLIDING_WINDOW_SIZE = 0
     cfg.MODEL.VILSEG.SLIDING_WINDOW_STRIDE = 0
-    # Inference on a token grid of twice the resolution from 4 passes shifted by a quarter patch.
-    cfg.MODEL.VILSEG.SHIFTED_TOKENS = False
 
     # Text side: the open_clip text tower of MODEL.OPEN_CLIP.MODEL_NAME.
     cfg.MODEL.VILSEG.TEXT = CN()

@@ -81,7 +81,6 @@ class ViLSeg(nn.Module):
         bg_global_similarity: float = 0.0,
         sliding_window_size: int = 0,
         sliding_window_stride: int = 0,
-        shifted_tokens: bool = False,
         vocabulary: Optional[Sequence[str]] = None,
     ):
         """
@@ -112,9 +111,6 @@ class ViLSeg(nn.Module):
                 most of the image, carries that image-level summary; objects stand out from it.
             sliding_window_size, sliding_window_stride: > 0 segments images larger than the window
                 window by window, averaging the class probabilities where windows overlap.
-            shifted_tokens: at inference, run the backbone on the image shifted by -patch/4 and
-                +patch/4 in each direction (4 passes) and interleave the four token grids into
-                one of twice the resolution, centred like a stride patch/2 grid.
             vocabulary: default class names for inference.
         """
         super().__init__()
@@ -153,7 +149,6 @@ class ViLSeg(nn.Module):
         self.bg_global_similarity = bg_global_similarity
         self.sliding_window_size = sliding_window_size
         self.sliding_window_stride = sliding_window_stride or max(sliding_window_size * 2 // 3, 1)
-        self.shifted_tokens = shifted_tokens
         self.vocabulary = list(vocabulary) if vocabulary else None
         # An ablated branch's parameters get no gradient: freeze them (DDP needs every trainable
         # parameter to receive one).
@@ -214,7 +209,6 @@ class ViLSeg(nn.Module):
             "bg_global_similarity": v.BG_GLOBAL_SIMILARITY,
             "sliding_window_size": v.SLIDING_WINDOW_SIZE,
             "sliding_window_stride": v.SLIDING_WINDOW_STRIDE,
-            "shifted_tokens": v.SHIFTED_TOKENS,
             "vocabulary": vocabulary,
         }
 
@@ -466,7 +460,7 @@ class ViLSeg(nn.Module):
         patch = self.backbone.size_divisibility
         padded = ImageList.from_tensors([image], size_divisibility=patch).tensor  # 1 x 3 x Hp x Wp
         Hp, Wp = padded.shape[-2:]
-        emb = self._pixel_embeddings(padded)  # 1 x D x h x w
+        emb = self.backbone.forward_tokens(padded)["emb"].float()  # 1 x D x h x w
         h, w = emb.shape[-2:]
         emb_flat = F.normalize(emb[0].flatten(1).t(), dim=-1)  # hw x D
         image_emb = F.normalize(emb[0].mean(dim=(1, 2)), dim=0)  # D, e_v
@@ -506,21 +500,6 @@ class ViLSeg(nn.Module):
         assign = to_output(cluster_logits).max(0).indices  # height x width
         scores = F.embedding(assign, region_probs.t()).permute(2, 0, 1)  # K x height x width view
         return scores, assign
-
-    def _pixel_embeddings(self, padded: torch.Tensor) -> torch.Tensor:
-        """e_pxl of a padded image, 1 x 3 x Hp x Wp -> 1 x D x h x w (fp32); with
-        ``shifted_tokens``, h and w are doubled (see ``__init__``)."""
-        if not self.shifted_tokens:
-            return self.backbone.forward_tokens(padded)["emb"].float()
-        q = self.backbone.size_divisibility // 4
-        Hp, Wp = padded.shape[-2:]
-        border = F.pad(padded, (q, q, q, q), mode="replicate")
-        # Offsets 0 and 2q of the bordered image shift the patches by -q and +q: patch i of the
-        # two passes is centred at p*i + p/4 and p*i + 3p/4, the centres of a stride-p/2 grid.
-        views = torch.cat([border[..., y : y + Hp, x : x + Wp] for y in (0, 2 * q) for x in (0, 2 * q)])
-        emb = self.backbone.forward_tokens(views)["emb"].float()  # 4 x D x h x w, (y, x) order
-        D, h, w = emb.shape[1:]
-        return emb.view(2, 2, D, h, w).permute(2, 3, 0, 4, 1).reshape(1, D, 2 * h, 2 * w)
 
     def _with_background(self, probs: torch.Tensor, image_similarity: torch.Tensor) -> torch.Tensor:
         """Prepend the background (class 0) when the model has one.
