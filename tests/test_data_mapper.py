@@ -208,7 +208,7 @@ def test_views_left_out_for_steps_without_the_auxiliary_objectives():
 
 
 def test_training_views_follow_the_auxiliary_warmup_and_weights():
-    from vilseg_d2.engine.trainer import training_views
+    from vilseg_d2.engine import training_views
 
     cfg = get_cfg()
     add_vilseg_config(cfg)

@@ -4,7 +4,7 @@ from .checkpoint import ViLSegCheckpointer
 from .optimizer import build_vilseg_optimizer
 from .predictor import ViLSegPredictor
 from .train_loop import AutocastTrainer, check_losses_finite
-from .trainer import ViLSegTrainer, eval_vocabulary
+from .trainer import ViLSegTrainer, eval_vocabulary, training_views
 
 __all__ = [
     "AutocastTrainer",
@@ -14,4 +14,5 @@ __all__ = [
     "build_vilseg_optimizer",
     "check_losses_finite",
     "eval_vocabulary",
+    "training_views",
 ]
