@@ -283,11 +283,11 @@ def test_background_is_what_resembles_the_image_embedding(eval_model, monkeypatc
     monkeypatch.setattr(eval_model.backbone, "forward_tokens", lambda padded: {"emb": emb.clone()})
     monkeypatch.setattr(eval_model, "inference_mode", mode)
     monkeypatch.setattr(eval_model, "bg_global_similarity", 0.9)
-    out = eval_model([{"image": torch.zeros(3, 64, 64, dtype=torch.uint8), "vocabulary": ["background", "circle", "star"]}])[0]
-    probs = out["sem_seg"]
+    inputs = [{"image": torch.zeros(3, 64, 64, dtype=torch.uint8), "vocabulary": ["background", "circle", "star"]}]
+    probs = eval_model(inputs)[0]["sem_seg"]
     assert probs.shape == (3, 64, 64) and torch.allclose(probs.sum(0), torch.ones(64, 64), atol=1e-4)
     labels = probs.argmax(0)
     assert (labels[24:40, 24:40] > 0).all()  # the object's inner pixels: a named class
     assert (labels[:8] == 0).all() and (labels[:, :8] == 0).all()  # the border: background
     monkeypatch.setattr(eval_model, "bg_global_similarity", 0.96)  # above both: nothing is background
-    assert (eval_model([{"image": torch.zeros(3, 64, 64, dtype=torch.uint8), "vocabulary": ["background", "circle", "star"]}])[0]["sem_seg"].argmax(0) > 0).all()
+    assert (eval_model(inputs)[0]["sem_seg"].argmax(0) > 0).all()

@@ -22,6 +22,7 @@ def test_background_rules_chosen_on_the_held_out_world(tmp_path):
     run_demo = _run_demo()
     pairs = run_demo.held_out_world(str(tmp_path / "synthetic"), 6)
     assert len(pairs) == 6 and (tmp_path / "synthetic_heldout" / "meta.json").is_file()
+    assert len(run_demo.held_out_world(str(tmp_path / "synthetic"), 9)) == 9  # a smaller one is made anew
     image, mask = pairs[0]
     assert image.shape == (3, 128, 128) and image.dtype == torch.uint8 and mask.shape == (128, 128)
 

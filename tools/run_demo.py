@@ -14,13 +14,12 @@
 """
 
 import argparse
+import itertools
 import json
 import logging
 import os
 import sys
 import time
-
-import itertools
 
 import numpy as np
 import torch
@@ -95,7 +94,12 @@ def train(cfg):
 def held_out_world(data_dir: str, count: int) -> list:
     """(image, mask) pairs of a second synthetic world (seed 1), generated next to ``data_dir``."""
     root = data_dir.rstrip("/") + "_heldout"
-    if not os.path.isfile(os.path.join(root, "meta.json")):
+    meta_file = os.path.join(root, "meta.json")
+    meta = {}
+    if os.path.isfile(meta_file):
+        with open(meta_file) as f:
+            meta = json.load(f)
+    if meta.get("seed") != 1 or meta.get("num_val", 0) < count:
         generate_synthetic_world(root, num_train=0, num_val=count, seed=1)
     pairs = []
     for name in sorted(os.listdir(os.path.join(root, "val", "images")))[:count]:
@@ -196,15 +200,22 @@ def main(argv=None):
                 draw_pictures(cfg, model, os.path.join(args.output, "pictures"), args.pictures)
     metrics["wall_seconds"] = time.perf_counter() - t0
 
-    rows = ["| model | inference | mIoU | pACC | mACC | background: BG_THRESHOLD / BG_GLOBAL_SIMILARITY |", "|---|---|---|---|---|---|"]
+    rows = [
+        "| model | inference | mIoU | pACC | mACC | background: BG_THRESHOLD / BG_GLOBAL_SIMILARITY |",
+        "|---|---|---|---|---|---|",
+    ]
+    v = cfg.MODEL.VILSEG
     for run_name, res in metrics.items():
         if not isinstance(res, dict):
             continue
         for mode in MODES:
             if mode in res:
                 r = res[mode]
-                bg = r["background"] or {"bg_threshold": cfg.MODEL.VILSEG.BG_THRESHOLD, "bg_global_similarity": cfg.MODEL.VILSEG.BG_GLOBAL_SIMILARITY}
-                rows.append(f"| {run_name} | {mode} | {r['mIoU']:.1f} | {r['pACC']:.1f} | {r['mACC']:.1f} | {bg['bg_threshold']} / {bg['bg_global_similarity']} |")
+                bg = r["background"] or {"bg_threshold": v.BG_THRESHOLD, "bg_global_similarity": v.BG_GLOBAL_SIMILARITY}
+                rows.append(
+                    f"| {run_name} | {mode} | {r['mIoU']:.1f} | {r['pACC']:.1f} | {r['mACC']:.1f} "
+                    f"| {bg['bg_threshold']} / {bg['bg_global_similarity']} |"
+                )
     table = "\n".join(rows)
     with open(os.path.join(args.output, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)

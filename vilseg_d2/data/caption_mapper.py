@@ -131,7 +131,9 @@ class ViLSegCaptionDatasetMapper:
         )
 
     @classmethod
-    def from_config(cls, cfg, is_train: bool = True, *, local_crops: bool = True, transformed_view: bool = True) -> dict:
+    def from_config(
+        cls, cfg, is_train: bool = True, *, local_crops: bool = True, transformed_view: bool = True
+    ) -> dict:
         """``local_crops=False`` / ``transformed_view=False`` leave out the views of L_vision /
         L_cluster (for training steps without them)."""
         v = cfg.INPUT.VILSEG

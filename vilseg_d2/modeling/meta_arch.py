@@ -490,7 +490,8 @@ class ViLSeg(nn.Module):
         empty = weights.sum(0) == 0
         weights[:, empty] = cluster_logits.flatten(1).t().softmax(-1)[:, empty]
         region = F.normalize(weights.t() @ emb_flat, dim=-1)  # C x D
-        region_probs = self._with_background((self.scale() * region @ text.t()).softmax(-1).t(), region @ image_emb)  # K x C
+        region_probs = (self.scale() * region @ text.t()).softmax(-1).t()  # K' x C
+        region_probs = self._with_background(region_probs, region @ image_emb)  # K x C
 
         # Pixel-level assignment from the upsampled cluster logits; each pixel takes its region's scores.
         # Written pixel-major (height x width x K, returned as a K x height x width view): a row copy
