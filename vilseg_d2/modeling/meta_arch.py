@@ -472,7 +472,9 @@ class ViLSeg(nn.Module):
 
         if self.inference_mode == "dense":
             logits = (self.scale() * (emb_flat @ text.t())).t().reshape(-1, h, w)  # K' x h x w
-            similarity = to_output((emb_flat @ image_emb).view(1, h, w))[0]  # height x width
+            similarity = None
+            if self.bg_global_similarity > 0:
+                similarity = to_output((emb_flat @ image_emb).view(1, h, w))[0]  # height x width
             probs = self._with_background(to_output(logits).softmax(0), similarity)
             return probs, probs.max(0).indices
 
@@ -502,12 +504,13 @@ class ViLSeg(nn.Module):
         scores = F.embedding(assign, region_probs.t()).permute(2, 0, 1)  # K x height x width view
         return scores, assign
 
-    def _with_background(self, probs: torch.Tensor, image_similarity: torch.Tensor) -> torch.Tensor:
+    def _with_background(self, probs: torch.Tensor, image_similarity: Optional[torch.Tensor]) -> torch.Tensor:
         """Prepend the background (class 0) when the model has one.
 
         Args:
             probs: K' x N... probabilities of the named classes.
-            image_similarity: N..., cosine similarity of each pixel / region with e_v.
+            image_similarity: N..., cosine similarity of each pixel / region with e_v (needed
+                only with ``bg_global_similarity``).
 
         Returns:
             probs (no background), or K x N...: class 0 scores ``bg_threshold``, and pixels or
