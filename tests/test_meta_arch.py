@@ -1,5 +1,7 @@
 """ViLSeg: building, one training step, ablations, the flip undo, the three inference modes."""
 
+import math
+
 import pytest
 import torch
 from detectron2.config import get_cfg
@@ -175,6 +177,23 @@ def test_flip_of_the_transformed_view_is_undone_before_the_mi_loss():
     assert l_same < -0.1  # real information between the views
     assert l_flipped == pytest.approx(l_same, rel=1e-5)
     assert model(wrong)["loss_cluster"].item() > l_same + 0.01  # not undoing the flip loses information
+
+
+def test_per_image_joint_distribution_averages_the_images():
+    torch.manual_seed(0)
+    model = _stub_model()
+    blocks = torch.randint(0, 256, (3, 4, 4), dtype=torch.uint8).repeat_interleave(4, 1).repeat_interleave(4, 2)
+    dark, light = (torch.full((3, 16, 16), v, dtype=torch.uint8) for v in (0, 255))
+    as_batch = lambda *ims: [{"image": im, "transformed_image": im, "flip": False, "caption": ""} for im in ims]  # noqa: E731
+    # Two flat images, each mostly in a cluster of its own: one J over the batch tells them apart
+    # (at most ln 2 nats); within one image all pixels are alike: nothing to tell apart.
+    assert -math.log(2) < model(as_batch(dark, light))["loss_cluster"].item() < -0.3
+    model.cluster_joint = "image"
+    assert abs(model(as_batch(dark, light))["loss_cluster"].item()) < 1e-6
+    alone = [model(as_batch(im))["loss_cluster"].item() for im in (blocks, light)]
+    assert model(as_batch(blocks, light))["loss_cluster"].item() == pytest.approx(sum(alone) / 2, rel=1e-5)
+    with pytest.raises(ValueError, match="CLUSTER_JOINT"):
+        build_model(tiny_cfg(MODEL__VILSEG__CLUSTER_JOINT="pixel"))
 
 
 @pytest.fixture(scope="module")

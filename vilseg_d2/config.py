@@ -77,6 +77,9 @@ def add_vilseg_config(cfg: CN) -> None:
     cfg.MODEL.VILSEG.AUX_WARMUP_ITERS = (0, 0)
     # Clustering: True stops L_cluster's gradient at the encoder (head-only training).
     cfg.MODEL.VILSEG.DETACH_CLUSTER_ENCODER = False
+    # L_cluster's joint distribution J: "batch" = over all pixels of the minibatch (paper eq. 7);
+    # "image" = one J per image, the loss averaged over the images.
+    cfg.MODEL.VILSEG.CLUSTER_JOINT = "batch"
 
     # Inference.
     cfg.MODEL.VILSEG.INFERENCE_MODE = "online"  # "online" | "kmeans" | "dense"
@@ -130,6 +133,8 @@ def add_vilseg_config(cfg: CN) -> None:
     cfg.DATALOADER.SHUFFLE_BUFFER_SIZE = 1000
 
     cfg.SOLVER.OPTIMIZER = "ADAMW"
+    # Learning rate of the clustering head Phi_c = BASE_LR x this (it follows the same schedule).
+    cfg.SOLVER.CLUSTER_HEAD_LR_MULTIPLIER = 1.0
     cfg.SOLVER.BETAS = (0.9, 0.98)
     cfg.SOLVER.EPS = 1e-6
     # "bf16" | "fp16" (CUDA only) for the AMP autocast dtype; enable with SOLVER.AMP.ENABLED.

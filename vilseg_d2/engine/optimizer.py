@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from detectron2.solver.build import maybe_add_gradient_clipping
@@ -13,24 +13,56 @@ __all__ = ["build_vilseg_optimizer", "param_groups"]
 NO_WEIGHT_DECAY_KEYS = ("positional_embedding",)
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> List[Dict[str, Any]]:
-    """Two groups, as CLIP and DINO train: decay on weight matrices and conv kernels; none on
-    norms, biases, positional / class embeddings and the logit scale. Frozen parameters are left out."""
-    decay, no_decay = [], []
+def param_groups(
+    model: torch.nn.Module, weight_decay: float, *, base_lr: Optional[float] = None, cluster_head_lr_multiplier: float = 1.0
+) -> List[Dict[str, Any]]:
+    """Decay on weight matrices and conv kernels; none on norms, biases, positional / class
+    embeddings and the logit scale, as CLIP and DINO train. Frozen parameters are left out.
+
+    Args:
+        model: the model; its ``clustering_head`` (if any) may learn at its own rate.
+        weight_decay: of the decayed group.
+        base_lr: the optimizer's learning rate (needed when the multiplier is not 1).
+        cluster_head_lr_multiplier: the clustering head's parameters get ``base_lr`` x this, in
+            groups of their own (Detectron2's schedulers scale every group's initial rate alike).
+
+    Returns:
+        optimizer parameter groups: decayed, not decayed, then (with a multiplier) the head's
+        decayed and not decayed ones.
+    """
+    head = getattr(model, "clustering_head", None)
+    separate = head is not None and cluster_head_lr_multiplier != 1.0
+    if separate and base_lr is None:
+        raise ValueError("param_groups needs base_lr to apply cluster_head_lr_multiplier.")
+    head_ids = {id(p) for p in head.parameters()} if separate else set()
+    groups: Dict[Tuple[bool, bool], List[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim < 2 or any(key in name for key in NO_WEIGHT_DECAY_KEYS):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decay = p.ndim >= 2 and not any(key in name for key in NO_WEIGHT_DECAY_KEYS)
+        groups.setdefault((id(p) in head_ids, decay), []).append(p)
+    result = []
+    for in_head in (False, True):
+        for decay in (True, False):
+            params = groups.get((in_head, decay))
+            if not params and in_head:
+                continue
+            group: Dict[str, Any] = {"params": params or [], "weight_decay": weight_decay if decay else 0.0}
+            if in_head:
+                group["lr"] = base_lr * cluster_head_lr_multiplier
+            result.append(group)
+    return result
 
 
 def build_vilseg_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     """``SOLVER.OPTIMIZER`` ADAMW (default) or SGD over :func:`param_groups`, with optional
     gradient clipping (``SOLVER.CLIP_GRADIENTS``)."""
-    groups = param_groups(model, cfg.SOLVER.WEIGHT_DECAY)
+    groups = param_groups(
+        model,
+        cfg.SOLVER.WEIGHT_DECAY,
+        base_lr=cfg.SOLVER.BASE_LR,
+        cluster_head_lr_multiplier=cfg.SOLVER.CLUSTER_HEAD_LR_MULTIPLIER,
+    )
     name = cfg.SOLVER.OPTIMIZER.upper()
     if name == "ADAMW":
         cls = maybe_add_gradient_clipping(cfg, torch.optim.AdamW)

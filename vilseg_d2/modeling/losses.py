@@ -73,19 +73,24 @@ def mutual_information_loss(p: torch.Tensor, p_tf: torch.Tensor, eps: float = sy
     """IIC's invariant-information loss (paper eq. 6-8), equal to IIC's reference ``IID_loss``.
 
     Args:
-        p: N x C soft cluster assignments of N pixels (rows sum to 1).
-        p_tf: N x C assignments of the same pixels in the transformed view (flip already undone).
+        p: N x C soft cluster assignments of N pixels (rows sum to 1): one joint distribution J
+            over all of them (the paper's eq. 7, J over the minibatch's B*H*W pixels). Or
+            G x N x C: one J per group (e.g. per image), and the mean of the G losses.
+        p_tf: assignments of the same pixels in the transformed view (flip already undone), shaped
+            like ``p``.
         eps: values of J and its marginals below it are clamped to it.
 
     Returns:
-        scalar: -I(J) = -sum_cc' J_cc' (ln J_cc' - ln J_c - ln J_c').
+        scalar: -I(J) = -sum_cc' J_cc' (ln J_cc' - ln J_c - ln J_c'), averaged over the groups.
     """
-    if p.shape != p_tf.shape or p.dim() != 2:
-        raise ValueError(f"p and p_tf must both be N x C; got {tuple(p.shape)} and {tuple(p_tf.shape)}.")
-    joint = _fp32(p).t() @ _fp32(p_tf)  # C x C, sum_n p_n p_tf_n^T
-    joint = (joint + joint.t()) / 2
-    joint = joint / joint.sum()
-    p_i = joint.sum(dim=1, keepdim=True).clamp(min=eps)  # C x 1
-    p_j = joint.sum(dim=0, keepdim=True).clamp(min=eps)  # 1 x C
+    if p.shape != p_tf.shape or p.dim() not in (2, 3):
+        raise ValueError(
+            f"p and p_tf must both be N x C or G x N x C; got {tuple(p.shape)} and {tuple(p_tf.shape)}."
+        )
+    joint = _fp32(p).transpose(-1, -2) @ _fp32(p_tf)  # (G x) C x C, sum_n p_n p_tf_n^T
+    joint = (joint + joint.transpose(-1, -2)) / 2
+    joint = joint / joint.sum(dim=(-2, -1), keepdim=True)
+    p_i = joint.sum(dim=-1, keepdim=True).clamp(min=eps)  # (G x) C x 1
+    p_j = joint.sum(dim=-2, keepdim=True).clamp(min=eps)  # (G x) 1 x C
     joint = joint.clamp(min=eps)
-    return -(joint * (joint.log() - p_i.log() - p_j.log())).sum()
+    return -(joint * (joint.log() - p_i.log() - p_j.log())).sum(dim=(-2, -1)).mean()

@@ -29,6 +29,7 @@ __all__ = ["ViLSeg"]
 logger = logging.getLogger(__name__)
 
 INFERENCE_MODES = ("online", "kmeans", "dense")
+CLUSTER_JOINTS = ("batch", "image")
 
 
 @META_ARCH_REGISTRY.register()
@@ -73,6 +74,7 @@ class ViLSeg(nn.Module):
         center_momentum: float = 0.9,
         aux_warmup_iters: Tuple[int, int] = (0, 0),
         detach_cluster_encoder: bool = False,
+        cluster_joint: str = "batch",
         global_pool: str = "mean",
         inference_mode: str = "online",
         kmeans_iters: int = 20,
@@ -99,6 +101,10 @@ class ViLSeg(nn.Module):
                 step ``start`` and their weights then grow linearly to full at ``end``, so that
                 the cross-modal contrast leaves chance first; (0, 0) = full weight from the start.
             detach_cluster_encoder: stop L_cluster's gradient at the encoder.
+            cluster_joint: "batch": L_cluster's joint distribution J sums over all the
+                minibatch's pixels (paper eq. 7); "image": one J per image, and the mean of
+                their losses, so that the clusters must tell apart the pixels of each image
+                rather than the images of the batch.
             global_pool: "mean" of the pixel embeddings (paper) or "cls".
             inference_mode: "online", "kmeans" or "dense".
             kmeans_iters, kmeans_seed: the K-means baseline's settings.
@@ -116,6 +122,8 @@ class ViLSeg(nn.Module):
         super().__init__()
         if global_pool not in ("mean", "cls"):
             raise ValueError(f"MODEL.VILSEG.GLOBAL_POOL must be 'mean' or 'cls', got {global_pool!r}.")
+        if cluster_joint not in CLUSTER_JOINTS:
+            raise ValueError(f"MODEL.VILSEG.CLUSTER_JOINT must be one of {CLUSTER_JOINTS}, got {cluster_joint!r}.")
         if inference_mode not in INFERENCE_MODES:
             raise ValueError(f"MODEL.VILSEG.INFERENCE_MODE must be one of {INFERENCE_MODES}, got {inference_mode!r}.")
         self.backbone = backbone
@@ -141,6 +149,7 @@ class ViLSeg(nn.Module):
         self.register_buffer("center", torch.zeros(1, projection_head.out_dim))  # DINO's teacher center
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))  # training steps seen
         self.detach_cluster_encoder = detach_cluster_encoder
+        self.cluster_joint = cluster_joint
         self.global_pool = global_pool
         self.inference_mode = inference_mode
         self.kmeans_iters = kmeans_iters
@@ -201,6 +210,7 @@ class ViLSeg(nn.Module):
             "center_momentum": v.CENTER_MOMENTUM,
             "aux_warmup_iters": tuple(v.AUX_WARMUP_ITERS),
             "detach_cluster_encoder": v.DETACH_CLUSTER_ENCODER,
+            "cluster_joint": v.CLUSTER_JOINT,
             "global_pool": v.GLOBAL_POOL,
             "inference_mode": v.INFERENCE_MODE,
             "kmeans_iters": v.KMEANS_ITERS,
@@ -326,9 +336,10 @@ class ViLSeg(nn.Module):
             p, p_tf = probs[:batch], probs[batch:]
             flips = torch.tensor([bool(x["flip"]) for x in batched_inputs], device=probs.device)
             p_tf = torch.where(flips.view(-1, 1, 1, 1), p_tf.flip(-1), p_tf)  # undo g's flip
-            c = probs.shape[1]
+            # B x hw x C pixel assignments, one group per image, or all in one group.
+            shape = (batch, -1, probs.shape[1]) if self.cluster_joint == "image" else (-1, probs.shape[1])
             loss = mutual_information_loss(
-                p.permute(0, 2, 3, 1).reshape(-1, c), p_tf.permute(0, 2, 3, 1).reshape(-1, c)
+                p.permute(0, 2, 3, 1).reshape(shape), p_tf.permute(0, 2, 3, 1).reshape(shape)
             )
             losses["loss_cluster"] = cluster_weight * loss
 
