@@ -16,7 +16,7 @@ def _group_of(optimizer, param):
 
 
 def test_no_decay_on_norms_biases_and_embeddings():
-    cfg = tiny_cfg()
+    cfg = tiny_cfg(SOLVER__CLUSTER_HEAD_LR_MULTIPLIER=1.0)  # two groups
     model = build_model(cfg)
     opt = build_vilseg_optimizer(cfg, model)
     assert len(opt.param_groups) == 2
