@@ -12,7 +12,8 @@ def tiny_cfg(**overrides):
     """The tiny CPU config, no test dataset, with ``KEY=value`` overrides (dots as '__').
 
     The three objectives are coupled as in the paper (no auxiliary warm-up, L_cluster reaching the
-    encoder), which the unit tests exercise; the yaml's training schedule is for `make demo`.
+    encoder), which the unit tests exercise; the yaml's training schedule is for `make demo`. The
+    rest is the yaml's, e.g. the per-image joint distribution of L_cluster (`CLUSTER_JOINT`).
     """
     opts = ["MODEL.DEVICE", "cpu", "DATASETS.TEST", (), "MODEL.VILSEG.AUX_WARMUP_ITERS", (0, 0),
             "MODEL.VILSEG.DETACH_CLUSTER_ENCODER", False]

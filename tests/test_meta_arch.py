@@ -12,6 +12,7 @@ from torch import nn
 import vilseg_d2  # noqa: F401
 from vilseg_d2 import add_vilseg_config
 from vilseg_d2.modeling import ViLSeg, ViLSegClusteringHead, ViLSegProjectionHead
+from vilseg_d2.modeling.losses import mutual_information_loss
 
 from helpers import tiny_cfg
 
@@ -184,7 +185,9 @@ def test_per_image_joint_distribution_averages_the_images():
     model = _stub_model()
     blocks = torch.randint(0, 256, (3, 4, 4), dtype=torch.uint8).repeat_interleave(4, 1).repeat_interleave(4, 2)
     dark, light = (torch.full((3, 16, 16), v, dtype=torch.uint8) for v in (0, 255))
-    as_batch = lambda *ims: [{"image": im, "transformed_image": im, "flip": False, "caption": ""} for im in ims]  # noqa: E731
+    def as_batch(*images):
+        return [{"image": im, "transformed_image": im, "flip": False, "caption": ""} for im in images]
+
     # Two flat images, each mostly in a cluster of its own: one J over the batch tells them apart
     # (at most ln 2 nats); within one image all pixels are alike: nothing to tell apart.
     assert -math.log(2) < model(as_batch(dark, light))["loss_cluster"].item() < -0.3
@@ -192,6 +195,12 @@ def test_per_image_joint_distribution_averages_the_images():
     assert abs(model(as_batch(dark, light))["loss_cluster"].item()) < 1e-6
     alone = [model(as_batch(im))["loss_cluster"].item() for im in (blocks, light)]
     assert model(as_batch(blocks, light))["loss_cluster"].item() == pytest.approx(sum(alone) / 2, rel=1e-5)
+    # and each image's J is over its own h x w pixels (C x h x w maps read pixel by pixel)
+    with torch.no_grad():
+        emb = model.backbone.forward_tokens(model._normalize([blocks]))["emb"]
+        p = model.clustering_head({"emb": emb})[0]  # C x h x w
+    pixels = p.flatten(1).t()  # hw x C
+    assert alone[0] == pytest.approx(mutual_information_loss(pixels, pixels).item(), rel=1e-5)
     with pytest.raises(ValueError, match="CLUSTER_JOINT"):
         build_model(tiny_cfg(MODEL__VILSEG__CLUSTER_JOINT="pixel"))
 

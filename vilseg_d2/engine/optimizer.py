@@ -14,7 +14,11 @@ NO_WEIGHT_DECAY_KEYS = ("positional_embedding",)
 
 
 def param_groups(
-    model: torch.nn.Module, weight_decay: float, *, base_lr: Optional[float] = None, cluster_head_lr_multiplier: float = 1.0
+    model: torch.nn.Module,
+    weight_decay: float,
+    *,
+    base_lr: Optional[float] = None,
+    cluster_head_lr_multiplier: float = 1.0,
 ) -> List[Dict[str, Any]]:
     """Decay on weight matrices and conv kernels; none on norms, biases, positional / class
     embeddings and the logit scale, as CLIP and DINO train. Frozen parameters are left out.
