@@ -9,6 +9,7 @@ from detectron2.modeling import build_model
 
 from helpers import ROOT, tiny_cfg
 from vilseg_d2.data.synthetic import STUFF_CLASSES
+from vilseg_d2.engine import ViLSegCheckpointer
 
 
 def _run_demo():
@@ -34,3 +35,14 @@ def test_background_rules_chosen_on_the_held_out_world(tmp_path):
     # the model keeps the chosen rules, and scores with them what the calibration said
     assert (model.bg_threshold, model.bg_global_similarity) == (chosen["bg_threshold"], chosen["bg_global_similarity"])
     assert abs(run_demo.mean_iou(model, pairs, list(STUFF_CLASSES)) - chosen["heldout_mIoU"]) < 1e-6
+
+
+def test_a_checkpoint_of_another_configuration_is_not_reused(tmp_path):
+    run_demo = _run_demo()
+    torch.manual_seed(0)
+    five = build_model(tiny_cfg(MODEL__VILSEG__NUM_CLUSTERS=5))
+    ViLSegCheckpointer(five, str(tmp_path)).save("model_final")
+    path = str(tmp_path / "model_final.pth")
+    run_demo.check_fits(five, path)
+    with pytest.raises(RuntimeError, match=r"another configuration: 2 tensors .*clustering_head.*Delete"):
+        run_demo.check_fits(build_model(tiny_cfg()), path)

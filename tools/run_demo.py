@@ -74,6 +74,22 @@ def make_cfg(args, output_dir: str, extra=()):
     return cfg
 
 
+def check_fits(model, path: str) -> None:
+    """Raise if the checkpoint ``path`` was written for another configuration (tensors missing
+    or of other shapes), where loading would drop them with a warning and go on."""
+    saved = ViLSegCheckpointer(model)._torch_load(path)["model"]
+    differ = [
+        key
+        for key, value in model.state_dict().items()
+        if not key.endswith("num_batches_tracked") and (key not in saved or saved[key].shape != value.shape)
+    ]
+    if differ:
+        raise RuntimeError(
+            f"{path} was written by another configuration: {len(differ)} tensors are missing or have other "
+            f"shapes (e.g. {differ[:3]}). Delete {os.path.dirname(path)} to train anew."
+        )
+
+
 def train(cfg):
     """Train (resuming an interrupted run); returns the model and the wall time in s."""
     start = time.perf_counter()
@@ -81,9 +97,12 @@ def train(cfg):
     if os.path.isfile(final):
         logger.info(f"Reusing the trained model {final} (delete it to retrain).")
         model = ViLSegTrainer.build_model(cfg)
+        check_fits(model, final)
         ViLSegCheckpointer(model).load(final)
         return model, 0.0
     trainer = ViLSegTrainer(cfg)
+    if trainer.checkpointer.has_checkpoint():
+        check_fits(getattr(trainer.model, "module", trainer.model), trainer.checkpointer.get_checkpoint_file())
     trainer.resume_or_load(resume=True)
     trainer._hooks = [h for h in trainer._hooks if not isinstance(h, hooks.EvalHook)]  # evaluated below
     trainer.train()
