@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import torch
 from detectron2.solver.build import maybe_add_gradient_clipping
@@ -39,23 +39,15 @@ def param_groups(
     if separate and base_lr is None:
         raise ValueError("param_groups needs base_lr to apply cluster_head_lr_multiplier.")
     head_ids = {id(p) for p in head.parameters()} if separate else set()
-    groups: Dict[Tuple[bool, bool], List[torch.nn.Parameter]] = {}
+    body = [{"params": [], "weight_decay": weight_decay}, {"params": [], "weight_decay": 0.0}]
+    head_lr = base_lr * cluster_head_lr_multiplier if separate else None
+    head_groups = [dict(group, params=[], lr=head_lr) for group in body] if separate else []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        decay = p.ndim >= 2 and not any(key in name for key in NO_WEIGHT_DECAY_KEYS)
-        groups.setdefault((id(p) in head_ids, decay), []).append(p)
-    result = []
-    for in_head in (False, True):
-        for decay in (True, False):
-            params = groups.get((in_head, decay))
-            if not params and in_head:
-                continue
-            group: Dict[str, Any] = {"params": params or [], "weight_decay": weight_decay if decay else 0.0}
-            if in_head:
-                group["lr"] = base_lr * cluster_head_lr_multiplier
-            result.append(group)
-    return result
+        no_decay = p.ndim < 2 or any(key in name for key in NO_WEIGHT_DECAY_KEYS)
+        (head_groups if id(p) in head_ids else body)[int(no_decay)]["params"].append(p)
+    return body + [group for group in head_groups if group["params"]]
 
 
 def build_vilseg_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
