@@ -2,6 +2,8 @@
 
 import os
 
+import torch
+
 from vilseg_d2.config import get_vilseg_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,3 +22,15 @@ def tiny_cfg(**overrides):
     for k, v in overrides.items():
         opts += [k.replace("__", "."), v]
     return get_vilseg_cfg(TINY_CONFIG, opts)
+
+
+def square_on_texture(size=64, lo=20, hi=44, seed=0):
+    """A flat orange square [lo, hi)^2 on a noisy, slowly varying background: 3 x size x size in 0-1."""
+    g = torch.Generator().manual_seed(seed)
+    ramp = torch.linspace(0.3, 0.6, size)
+    image = torch.stack([ramp[None].expand(size, size), ramp[:, None].expand(size, size), torch.full((size, size), 0.5)])
+    image = image + 0.05 * torch.randn(3, size, size, generator=g)
+    image[:, lo:hi, lo:hi] = torch.tensor([0.9, 0.5, 0.1]).view(3, 1, 1)
+    truth = torch.zeros(size, size, dtype=torch.bool)
+    truth[lo:hi, lo:hi] = True
+    return image, truth

@@ -14,7 +14,7 @@ from vilseg_d2 import add_vilseg_config
 from vilseg_d2.modeling import ViLSeg, ViLSegClusteringHead, ViLSegProjectionHead
 from vilseg_d2.modeling.losses import mutual_information_loss
 
-from helpers import tiny_cfg
+from helpers import square_on_texture, tiny_cfg
 
 
 def training_batch(batch=4, size=128, local=64, views=6, seed=0):
@@ -319,3 +319,29 @@ def test_background_is_what_resembles_the_image_embedding(eval_model, monkeypatc
     assert (labels[:8] == 0).all() and (labels[:, :8] == 0).all()  # the border: background
     monkeypatch.setattr(eval_model, "bg_global_similarity", 0.96)  # above both: nothing is background
     assert (eval_model(inputs)[0]["sem_seg"].argmax(0) > 0).all()
+
+
+def test_refinement_snaps_the_token_grid_map_to_the_object(eval_model, monkeypatch):
+    # The 4 x 4 token map of the test above sees its object on tokens 1..2 (pixels 16..47); the
+    # image's object is the flat square of pixels 20..43. Refinement moves the edge to the image's.
+    D = eval_model.backbone.embed_dim
+    a, b = torch.zeros(D), torch.zeros(D)
+    a[0], b[1] = 1.0, 1.0
+    emb = a.view(1, D, 1, 1).repeat(1, 1, 4, 4)
+    emb[0, :, 1:3, 1:3] = b.view(D, 1, 1)
+    monkeypatch.setattr(eval_model.backbone, "forward_tokens", lambda padded: {"emb": emb.clone()})
+    monkeypatch.setattr(eval_model, "inference_mode", "dense")
+    monkeypatch.setattr(eval_model, "bg_global_similarity", 0.9)
+    image, truth = square_on_texture(size=64, lo=20, hi=44)
+    inputs = [{"image": (255 * image.clamp(0, 1)).to(torch.uint8), "vocabulary": ["background", "circle", "star"]}]
+    iou = lambda labels: ((labels > 0) & truth).sum().item() / ((labels > 0) | truth).sum().item()  # noqa: E731
+    coarse = eval_model(inputs)[0]["sem_seg"].argmax(0)
+    monkeypatch.setattr(eval_model, "refine_iters", 10)
+    refined = eval_model(inputs)[0]["sem_seg"]
+    assert iou(coarse) < 0.75 and iou(refined.argmax(0)) > 0.9, (iou(coarse), iou(refined.argmax(0)))
+    assert torch.allclose(refined.sum(0), torch.ones(64, 64), atol=1e-5)
+    # refined at the input's size, then resized to the requested one (clusters too)
+    out = eval_model([{**inputs[0], "height": 32, "width": 48}])[0]
+    assert out["sem_seg"].shape == (3, 32, 48) and out["clusters"].shape == (32, 48)
+    with pytest.raises(ValueError, match="REFINE_ITERS"):
+        build_model(tiny_cfg(MODEL__VILSEG__REFINE_ITERS=-1))

@@ -94,6 +94,10 @@ def add_vilseg_config(cfg: CN) -> None:
     # Sliding-window inference for large images: window side in pixels (0 = whole image).
     cfg.MODEL.VILSEG.SLIDING_WINDOW_SIZE = 0
     cfg.MODEL.VILSEG.SLIDING_WINDOW_STRIDE = 0
+    # Pixel-adaptive mask refinement (PAMR, as TCL applies it) of the class maps: propagation
+    # steps (0 = off, the paper) and the dilations of its 3x3 neighbourhoods (TCL's settings).
+    cfg.MODEL.VILSEG.REFINE_ITERS = 0
+    cfg.MODEL.VILSEG.REFINE_DILATIONS = (1, 2, 4, 8, 12, 24)
 
     # Text side: the open_clip text tower of MODEL.OPEN_CLIP.MODEL_NAME.
     cfg.MODEL.VILSEG.TEXT = CN()

@@ -10,6 +10,7 @@ open_clip.add_model_config(os.path.join(os.path.dirname(os.path.dirname(__file__
 from .backbone import D2OpenCLIPViT, D2OpenCLIPViTPyramid  # noqa: E402
 from .clustering_head import ViLSegClusteringHead  # noqa: E402
 from .losses import cross_modal_contrastive_loss, mutual_information_loss, self_distillation_loss  # noqa: E402
+from .mask_refinement import local_affinity, refine_masks  # noqa: E402
 from .meta_arch import ViLSeg  # noqa: E402
 from .projection_head import ViLSegProjectionHead  # noqa: E402
 from .text_encoder import ViLSegTextEncoder, duplicate_classes, parse_vocabulary  # noqa: E402
@@ -26,4 +27,6 @@ __all__ = [
     "mutual_information_loss",
     "duplicate_classes",
     "parse_vocabulary",
+    "local_affinity",
+    "refine_masks",
 ]

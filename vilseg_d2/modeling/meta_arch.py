@@ -20,6 +20,7 @@ from torch import nn
 
 from .backbone.clip_vit import D2OpenCLIPViT
 from .kmeans import kmeans
+from .mask_refinement import refine_masks
 from .losses import cross_modal_contrastive_loss, mutual_information_loss, self_distillation_loss
 from .projection_head import ViLSegProjectionHead
 from .text_encoder import ViLSegTextEncoder
@@ -83,6 +84,8 @@ class ViLSeg(nn.Module):
         bg_global_similarity: float = 0.0,
         sliding_window_size: int = 0,
         sliding_window_stride: int = 0,
+        refine_iters: int = 0,
+        refine_dilations: Sequence[int] = (1, 2, 4, 8, 12, 24),
         vocabulary: Optional[Sequence[str]] = None,
     ):
         """
@@ -117,6 +120,9 @@ class ViLSeg(nn.Module):
                 most of the image, carries that image-level summary; objects stand out from it.
             sliding_window_size, sliding_window_stride: > 0 segments images larger than the window
                 window by window, averaging the class probabilities where windows overlap.
+            refine_iters, refine_dilations: > 0 refines each image's class maps with that many
+                steps of pixel-adaptive mask refinement (:func:`refine_masks`, as TCL does); the
+                output is then the class vote shares of the refined label map.
             vocabulary: default class names for inference.
         """
         super().__init__()
@@ -158,6 +164,13 @@ class ViLSeg(nn.Module):
         self.bg_global_similarity = bg_global_similarity
         self.sliding_window_size = sliding_window_size
         self.sliding_window_stride = sliding_window_stride or max(sliding_window_size * 2 // 3, 1)
+        if refine_iters < 0 or (refine_iters and (not refine_dilations or min(refine_dilations) < 1)):
+            raise ValueError(
+                f"MODEL.VILSEG.REFINE_ITERS must be >= 0 and REFINE_DILATIONS positive pixel counts, got "
+                f"{refine_iters} and {tuple(refine_dilations)}."
+            )
+        self.refine_iters = refine_iters
+        self.refine_dilations = tuple(int(d) for d in refine_dilations)
         self.vocabulary = list(vocabulary) if vocabulary else None
         # An ablated branch's parameters get no gradient: freeze them (DDP needs every trainable
         # parameter to receive one).
@@ -219,6 +232,8 @@ class ViLSeg(nn.Module):
             "bg_global_similarity": v.BG_GLOBAL_SIMILARITY,
             "sliding_window_size": v.SLIDING_WINDOW_SIZE,
             "sliding_window_stride": v.SLIDING_WINDOW_STRIDE,
+            "refine_iters": v.REFINE_ITERS,
+            "refine_dilations": tuple(v.REFINE_DILATIONS),
             "vocabulary": vocabulary,
         }
 
@@ -422,7 +437,14 @@ class ViLSeg(nn.Module):
             image = self._normalize([self._input_image(x["image"])])[0]  # 3 x H x W
             H, W = image.shape[-2:]
             output_size = (x.get("height", H), x.get("width", W))
-            sem_seg, clusters = self.segment(image, text, output_size)
+            if self.refine_iters:  # refined at the input's size, where image and maps align
+                sem_seg, clusters = self.segment(image, text)
+                sem_seg = refine_masks(image, sem_seg, self.refine_iters, self.refine_dilations)
+                if output_size != (H, W):
+                    sem_seg = sem_seg_postprocess(sem_seg, (H, W), *output_size)
+                    clusters = F.interpolate(clusters[None, None].float(), size=output_size, mode="nearest")[0, 0].long()
+            else:
+                sem_seg, clusters = self.segment(image, text, output_size)
             results.append({"sem_seg": sem_seg, "clusters": clusters})
         return results
 

@@ -1,0 +1,105 @@
+"""Pixel-adaptive mask refinement (PAMR): label maps snapped to the image's edges at inference.
+
+PAMR (Araslanov & Roth, "Single-Stage Semantic Segmentation from Image Labels", CVPR 2020) is
+the refinement TCL (Cha et al., CVPR 2023) applies to its open-vocabulary masks. ViL-Seg's maps
+come from a coarse token grid (one token per patch); a token on an object's edge carries the
+object, and the upsampled map spills over the background around it. PAMR repeatedly replaces each
+pixel's class scores by an average of its neighbours' (3 x 3 neighbours at several dilations),
+weighted by how alike their colours are, so labels spread within a colour region and stop at edges.
+
+It is post-processing of the class maps, with no parameters and no training; ``MODEL.VILSEG.
+REFINE_ITERS`` = 0 (the default, and the paper) leaves it out.
+"""
+
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["local_affinity", "refine_masks"]
+
+
+def _offsets(dilations: Sequence[int]) -> List[Tuple[int, int]]:
+    """The 8 neighbours (dy, dx) around a pixel at each dilation, row-major per dilation."""
+    if not dilations or min(dilations) < 1:
+        raise ValueError(f"Refinement dilations must be positive pixel counts, got {tuple(dilations)}.")
+    return [(dy, dx) for d in dilations for dy in (-d, 0, d) for dx in (-d, 0, d) if dy or dx]
+
+
+def _neighbours(x: torch.Tensor, offsets: Sequence[Tuple[int, int]]) -> List[torch.Tensor]:
+    """Views of ``x`` (C x H x W) whose pixel (y, x) is pixel (y + dy, x + dx), out-of-image
+    pixels repeating the border; one per offset."""
+    H, W = x.shape[-2:]
+    m = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
+    padded = F.pad(x[None], (m, m, m, m), mode="replicate")[0]
+    return [padded[:, m + dy : m + dy + H, m + dx : m + dx + W] for dy, dx in offsets]
+
+
+def local_affinity(image: torch.Tensor, dilations: Sequence[int], sigma: float = 0.1) -> torch.Tensor:
+    """Colour affinity of each pixel to its neighbours (the 8 around it at each dilation).
+
+    The affinity logit of pixel i to neighbour j is ``-mean_c |I_ci - I_cj| / (sigma * s_ci)``,
+    where ``s_ci`` is the standard deviation of channel c over i's neighbours: distances are
+    measured against the local contrast, so a textured background and a flat object are both
+    judged by what is usual around them. A softmax over the neighbours makes the weights.
+
+    Args:
+        image: 3 x H x W (any per-channel affine normalisation gives the same affinities).
+        dilations: neighbourhood dilations in pixels, e.g. (1, 2, 4, 8, 12, 24).
+        sigma: temperature relative to the local standard deviation.
+
+    Returns:
+        N x H x W weights, N = 8 * len(dilations): for each dilation d, the neighbours (dy, dx) in
+        {-d, 0, d}^2 without (0, 0), row-major; out-of-image neighbours repeat the border pixel.
+        They sum to 1 over N.
+    """
+    if image.dim() != 3:
+        raise ValueError(f"local_affinity expects a C x H x W image, got shape {tuple(image.shape)}.")
+    image = image.float()
+    neighbours = _neighbours(image, _offsets(dilations))
+    n = len(neighbours)
+    mean = sum(neighbours) / n
+    std = (sum((x - mean).square() for x in neighbours) / (n - 1)).sqrt()  # C x H x W
+    scale = sigma * std + 1e-8
+    logits = torch.stack([-((x - image).abs() / scale).mean(0) for x in neighbours])  # N x H x W
+    return logits.softmax(0)
+
+
+def refine_masks(
+    image: torch.Tensor, masks: torch.Tensor, iterations: int = 10, dilations: Sequence[int] = (1, 2, 4, 8, 12, 24)
+) -> torch.Tensor:
+    """Refine class maps by propagating them along the image's colour affinities.
+
+    Args:
+        image: 3 x H x W image (normalised or not).
+        masks: K x H x W class scores. Their per-pixel argmax is what gets propagated (as one-hot
+            votes): the background rule gives a fixed score that the class probabilities of an
+            object region may exceed by very little, and averaging those would hand objects to
+            the background.
+        iterations: propagation steps; 0 returns the one-hot argmax maps.
+        dilations: see :func:`local_affinity`.
+
+    Returns:
+        K x H x W class vote shares (sum 1 per pixel). A class absent from the argmax map stays 0:
+        only the classes present are propagated, which keeps large vocabularies cheap.
+    """
+    if masks.dim() != 3 or masks.shape[-2:] != image.shape[-2:]:
+        raise ValueError(
+            f"refine_masks expects K x H x W masks of the image's size {tuple(image.shape[-2:])}, got {tuple(masks.shape)}."
+        )
+    offsets = _offsets(dilations)
+    labels = masks.argmax(0)  # H x W
+    present = labels.unique()  # P
+    votes = (labels[None] == present[:, None, None]).float()  # P x H x W
+    if iterations > 0:
+        affinity = local_affinity(image, dilations)  # N x H x W
+        for _ in range(iterations):
+            out = torch.zeros_like(votes)
+            for weight, neighbour in zip(affinity, _neighbours(votes, offsets)):
+                out.addcmul_(neighbour, weight)
+            votes = out
+    refined = masks.new_zeros(masks.shape, dtype=torch.float32)
+    refined[present] = votes
+    return refined
