@@ -46,3 +46,24 @@ def test_a_checkpoint_of_another_configuration_is_not_reused(tmp_path):
     run_demo.check_fits(five, path)
     with pytest.raises(RuntimeError, match=r"another configuration: 2 tensors .*clustering_head.*Delete"):
         run_demo.check_fits(build_model(tiny_cfg()), path)
+
+
+def test_results_table_has_a_row_per_model_mode_and_refinement():
+    run_demo = _run_demo()
+    cfg = tiny_cfg(MODEL__VILSEG__BG_THRESHOLD=0.9)
+
+    def result(mode, iters, miou, background=None):
+        return {"mIoU": miou, "pACC": 80.0, "mACC": 50.0, "mode": mode, "refine_iters": iters, "background": background}
+
+    metrics = {
+        "ViL-Seg": {
+            "train_seconds": 10.0,
+            "online": result("online", 10, 58.94, {"bg_threshold": 0.995, "bg_global_similarity": 0.8}),
+            "online, unrefined": result("online", 0, 44.31),
+        },
+        "wall_seconds": 20.0,
+    }
+    rows = run_demo.results_table(metrics, cfg.MODEL.VILSEG).splitlines()
+    assert len(rows) == 4
+    assert rows[2] == "| ViL-Seg | online | PAMR, 10 steps | 58.9 | 80.0 | 50.0 | 0.995 / 0.8 |"
+    assert rows[3] == "| ViL-Seg | online | none | 44.3 | 80.0 | 50.0 | 0.9 / 0.0 |"  # the config's rules
