@@ -14,11 +14,12 @@ def tiny_cfg(**overrides):
     """The tiny CPU config, no test dataset, with ``KEY=value`` overrides (dots as '__').
 
     The three objectives are coupled as in the paper (no auxiliary warm-up, L_cluster reaching the
-    encoder), which the unit tests exercise; the yaml's training schedule is for `make demo`. The
+    encoder), which the unit tests exercise; the yaml's training schedule is for `make demo`.
+    Inference is the paper's, without the yaml's mask refinement (its tests switch it on). The
     rest is the yaml's, e.g. the per-image joint distribution of L_cluster (`CLUSTER_JOINT`).
     """
     opts = ["MODEL.DEVICE", "cpu", "DATASETS.TEST", (), "MODEL.VILSEG.AUX_WARMUP_ITERS", (0, 0),
-            "MODEL.VILSEG.DETACH_CLUSTER_ENCODER", False]
+            "MODEL.VILSEG.DETACH_CLUSTER_ENCODER", False, "MODEL.VILSEG.REFINE_ITERS", 0]
     for k, v in overrides.items():
         opts += [k.replace("__", "."), v]
     return get_vilseg_cfg(TINY_CONFIG, opts)
