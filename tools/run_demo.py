@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import hooks
+from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
@@ -39,7 +40,7 @@ from vilseg_d2.engine import ViLSegCheckpointer, ViLSegTrainer  # noqa: E402
 logger = logging.getLogger("vilseg_demo")
 MODES = ("online", "kmeans", "dense")
 # The background rules tried on the held-out world (BG_THRESHOLD, BG_GLOBAL_SIMILARITY).
-BACKGROUND_GRID = list(itertools.product((0.98, 0.99, 0.995), (0.0, 0.8, 0.85, 0.9)))
+BACKGROUND_GRID = list(itertools.product((0.95, 0.98, 0.995), (0.0, 0.7, 0.8, 0.9)))
 
 
 def parse_args(argv=None):
@@ -100,6 +101,7 @@ def train(cfg):
         check_fits(model, final)
         ViLSegCheckpointer(model).load(final)
         return model, 0.0
+    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED)  # as train_net's default_setup does
     trainer = ViLSegTrainer(cfg)
     if trainer.checkpointer.has_checkpoint():
         check_fits(getattr(trainer.model, "module", trainer.model), trainer.checkpointer.get_checkpoint_file())
