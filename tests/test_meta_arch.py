@@ -299,16 +299,20 @@ def test_sliding_windows_cover_the_image_without_extra_area():
     assert all(b - a <= 448 for a, b in wins) and all(a2 <= b1 for (_, b1), (a2, _) in zip(wins, wins[1:]))
 
 
-@pytest.mark.parametrize("mode", ["kmeans", "dense"])
-def test_background_is_what_resembles_the_image_embedding(eval_model, monkeypatch, mode):
-    # 4 x 4 tokens: a 2 x 2 object (embedding b) on a background (a, orthogonal to b). e_v is
-    # 12a + 4b: cosine 0.95 with a, 0.32 with b.
-    D = eval_model.backbone.embed_dim
+def _object_on_background_tokens(model, monkeypatch):
+    """Make the backbone see 4 x 4 tokens: a 2 x 2 object (embedding b) on a background (a,
+    orthogonal to b), whatever the image. e_v is 12a + 4b: cosine 0.95 with a, 0.32 with b."""
+    D = model.backbone.embed_dim
     a, b = torch.zeros(D), torch.zeros(D)
     a[0], b[1] = 1.0, 1.0
     emb = a.view(1, D, 1, 1).repeat(1, 1, 4, 4)
     emb[0, :, 1:3, 1:3] = b.view(D, 1, 1)
-    monkeypatch.setattr(eval_model.backbone, "forward_tokens", lambda padded: {"emb": emb.clone()})
+    monkeypatch.setattr(model.backbone, "forward_tokens", lambda padded: {"emb": emb.clone()})
+
+
+@pytest.mark.parametrize("mode", ["kmeans", "dense"])
+def test_background_is_what_resembles_the_image_embedding(eval_model, monkeypatch, mode):
+    _object_on_background_tokens(eval_model, monkeypatch)
     monkeypatch.setattr(eval_model, "inference_mode", mode)
     monkeypatch.setattr(eval_model, "bg_global_similarity", 0.9)
     inputs = [{"image": torch.zeros(3, 64, 64, dtype=torch.uint8), "vocabulary": ["background", "circle", "star"]}]
@@ -322,14 +326,9 @@ def test_background_is_what_resembles_the_image_embedding(eval_model, monkeypatc
 
 
 def test_refinement_snaps_the_token_grid_map_to_the_object(eval_model, monkeypatch):
-    # The 4 x 4 token map of the test above sees its object on tokens 1..2 (pixels 16..47); the
-    # image's object is the flat square of pixels 20..43. Refinement moves the edge to the image's.
-    D = eval_model.backbone.embed_dim
-    a, b = torch.zeros(D), torch.zeros(D)
-    a[0], b[1] = 1.0, 1.0
-    emb = a.view(1, D, 1, 1).repeat(1, 1, 4, 4)
-    emb[0, :, 1:3, 1:3] = b.view(D, 1, 1)
-    monkeypatch.setattr(eval_model.backbone, "forward_tokens", lambda padded: {"emb": emb.clone()})
+    # The token map sees its object on tokens 1..2 (pixels 16..47); the image's object is the
+    # flat square of pixels 20..43. Refinement moves the edge to the image's.
+    _object_on_background_tokens(eval_model, monkeypatch)
     monkeypatch.setattr(eval_model, "inference_mode", "dense")
     monkeypatch.setattr(eval_model, "bg_global_similarity", 0.9)
     image, truth = square_on_texture(size=64, lo=20, hi=44)
@@ -338,7 +337,7 @@ def test_refinement_snaps_the_token_grid_map_to_the_object(eval_model, monkeypat
     coarse = eval_model(inputs)[0]["sem_seg"].argmax(0)
     monkeypatch.setattr(eval_model, "refine_iters", 10)
     refined = eval_model(inputs)[0]["sem_seg"]
-    assert iou(coarse) < 0.75 and iou(refined.argmax(0)) > 0.9, (iou(coarse), iou(refined.argmax(0)))
+    assert iou(coarse) < 0.5 and iou(refined.argmax(0)) > 0.9, (iou(coarse), iou(refined.argmax(0)))
     assert torch.allclose(refined.sum(0), torch.ones(64, 64), atol=1e-5)
     # refined at the input's size, then resized to the requested one (clusters too)
     out = eval_model([{**inputs[0], "height": 32, "width": 48}])[0]
