@@ -14,7 +14,7 @@ def iou(a, b):
 
 def test_affinity_weights_sum_to_one_and_stop_at_edges():
     image, _ = square_on_texture()
-    aff = local_affinity(image, (1, 2, 4))
+    aff = local_affinity(image, dilations=(1, 2, 4))
     assert aff.shape == (24, 64, 64)
     assert torch.allclose(aff.sum(0), torch.ones(64, 64), atol=1e-5)
     # pixel (21, 21), inside the square's corner: its neighbours 2 px up or left lie outside
@@ -46,3 +46,14 @@ def test_zero_iterations_give_the_one_hot_label_map_and_bad_input_raises():
         refine_masks(image, masks[:, :16])
     with pytest.raises(ValueError, match="dilations"):
         refine_masks(image, masks, iterations=1, dilations=(0, 2))
+    with pytest.raises(ValueError, match="iterations"):
+        refine_masks(image, masks, iterations=-1)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (5, 3), (16, 16)])
+def test_images_smaller_than_the_dilations(size):
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(3, *size, generator=g)
+    masks = torch.rand(4, *size, generator=g)
+    out = refine_masks(image, masks, iterations=3, dilations=(1, 24))
+    assert out.shape == (4, *size) and torch.allclose(out.sum(0), torch.ones(size), atol=1e-5)

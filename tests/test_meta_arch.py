@@ -7,6 +7,7 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
+from detectron2.modeling.postprocessing import sem_seg_postprocess
 from torch import nn
 
 import vilseg_d2  # noqa: F401
@@ -339,8 +340,12 @@ def test_refinement_snaps_the_token_grid_map_to_the_object(eval_model, monkeypat
     refined = eval_model(inputs)[0]["sem_seg"]
     assert iou(coarse) < 0.5 and iou(refined.argmax(0)) > 0.9, (iou(coarse), iou(refined.argmax(0)))
     assert torch.allclose(refined.sum(0), torch.ones(64, 64), atol=1e-5)
+    assert torch.equal(eval_model(inputs)[0]["clusters"], refined.argmax(0))  # dense: the refined class ids
     # refined at the input's size, then resized to the requested one (clusters too)
     out = eval_model([{**inputs[0], "height": 32, "width": 48}])[0]
-    assert out["sem_seg"].shape == (3, 32, 48) and out["clusters"].shape == (32, 48)
+    torch.testing.assert_close(out["sem_seg"], sem_seg_postprocess(refined, (64, 64), 32, 48))
+    assert out["clusters"].shape == (32, 48)
     with pytest.raises(ValueError, match="REFINE_ITERS"):
         build_model(tiny_cfg(MODEL__VILSEG__REFINE_ITERS=-1))
+    with pytest.raises(ValueError, match="REFINE_DILATIONS"):  # checked even while refinement is off
+        build_model(tiny_cfg(MODEL__VILSEG__REFINE_DILATIONS=(0, 2)))

@@ -94,8 +94,8 @@ def add_vilseg_config(cfg: CN) -> None:
     # Sliding-window inference for large images: window side in pixels (0 = whole image).
     cfg.MODEL.VILSEG.SLIDING_WINDOW_SIZE = 0
     cfg.MODEL.VILSEG.SLIDING_WINDOW_STRIDE = 0
-    # Pixel-adaptive mask refinement (PAMR, as TCL applies it) of the class maps: propagation
-    # steps (0 = off, the paper) and the dilations of its 3x3 neighbourhoods (TCL's settings).
+    # Pixel-adaptive mask refinement (PAMR, which TCL applies) of the label map: propagation
+    # steps (0 = off, the paper; TCL uses 10) and the dilations of its 3x3 neighbourhoods (TCL's).
     cfg.MODEL.VILSEG.REFINE_ITERS = 0
     cfg.MODEL.VILSEG.REFINE_DILATIONS = (1, 2, 4, 8, 12, 24)
 

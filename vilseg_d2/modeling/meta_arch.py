@@ -20,7 +20,7 @@ from torch import nn
 
 from .backbone.clip_vit import D2OpenCLIPViT
 from .kmeans import kmeans
-from .mask_refinement import refine_masks
+from .mask_refinement import check_dilations, refine_masks
 from .losses import cross_modal_contrastive_loss, mutual_information_loss, self_distillation_loss
 from .projection_head import ViLSegProjectionHead
 from .text_encoder import ViLSegTextEncoder
@@ -49,8 +49,9 @@ class ViLSeg(nn.Module):
     Grayscale images (1 x H x W or H x W) are repeated to 3 channels, ``torch.uint16`` images
     scaled to 0-255; any size works (images smaller than a patch are padded to it); other
     shapes, 4 channels and values above 255 raise a ``ValueError`` saying what to pass.
-    Output per image: ``{"sem_seg": K x height x width class probabilities, "clusters":
-    height x width long cluster ids}``.
+    Output per image: ``{"sem_seg": K x height x width class probabilities (with mask
+    refinement, the refined label map's class vote shares), "clusters": height x width long
+    cluster ids (dense: class ids)}``.
     """
 
     @configurable
@@ -120,9 +121,11 @@ class ViLSeg(nn.Module):
                 most of the image, carries that image-level summary; objects stand out from it.
             sliding_window_size, sliding_window_stride: > 0 segments images larger than the window
                 window by window, averaging the class probabilities where windows overlap.
-            refine_iters, refine_dilations: > 0 refines each image's class maps with that many
-                steps of pixel-adaptive mask refinement (:func:`refine_masks`, as TCL does); the
-                output is then the class vote shares of the refined label map.
+            refine_iters, refine_dilations: > 0 refines each image's label map with that many
+                steps of pixel-adaptive mask refinement (:func:`refine_masks`, PAMR with TCL's
+                steps and dilations); ``sem_seg`` is then the class vote shares of the refined
+                label map, and ``clusters`` stay the unrefined clusters (dense: the refined
+                class ids).
             vocabulary: default class names for inference.
         """
         super().__init__()
@@ -164,11 +167,12 @@ class ViLSeg(nn.Module):
         self.bg_global_similarity = bg_global_similarity
         self.sliding_window_size = sliding_window_size
         self.sliding_window_stride = sliding_window_stride or max(sliding_window_size * 2 // 3, 1)
-        if refine_iters < 0 or (refine_iters and (not refine_dilations or min(refine_dilations) < 1)):
-            raise ValueError(
-                f"MODEL.VILSEG.REFINE_ITERS must be >= 0 and REFINE_DILATIONS positive pixel counts, got "
-                f"{refine_iters} and {tuple(refine_dilations)}."
-            )
+        if refine_iters < 0:
+            raise ValueError(f"MODEL.VILSEG.REFINE_ITERS must be >= 0, got {refine_iters}.")
+        try:
+            check_dilations(refine_dilations)
+        except ValueError as e:
+            raise ValueError(f"MODEL.VILSEG.REFINE_DILATIONS: {e}") from None
         self.refine_iters = refine_iters
         self.refine_dilations = tuple(int(d) for d in refine_dilations)
         self.vocabulary = list(vocabulary) if vocabulary else None
@@ -439,7 +443,9 @@ class ViLSeg(nn.Module):
             output_size = (x.get("height", H), x.get("width", W))
             if self.refine_iters:  # refined at the input's size, where image and maps align
                 sem_seg, clusters = self.segment(image, text)
-                sem_seg = refine_masks(image, sem_seg, self.refine_iters, self.refine_dilations)
+                sem_seg = refine_masks(image, sem_seg, iterations=self.refine_iters, dilations=self.refine_dilations)
+                if self.inference_mode == "dense":  # its "clusters" are the class ids
+                    clusters = sem_seg.argmax(0)
                 if output_size != (H, W):
                     sem_seg = sem_seg_postprocess(sem_seg, (H, W), *output_size)
                     clusters = F.interpolate(clusters[None, None].float(), size=output_size, mode="nearest")[0, 0].long()
