@@ -175,10 +175,15 @@ def profile_for(name: str, config_file: str, cfg, *, tiny: bool, warmup: int, re
 
 
 def load_cfg(config_file: str, opts: Sequence[str] = ()):
-    """A frozen-free Detectron2 config for CPU benchmarking (no test dataset)."""
+    """A frozen-free Detectron2 config for CPU benchmarking (no test dataset).
+
+    Inference is timed as the paper's, without a config's mask refinement, so that configs compare
+    alike; ``opts`` can set ``MODEL.VILSEG.REFINE_ITERS`` to time it.
+    """
     cfg = get_cfg()
     add_vilseg_config(cfg)
     cfg.merge_from_file(config_file)
+    cfg.MODEL.VILSEG.REFINE_ITERS = 0
     cfg.merge_from_list(list(opts))
     cfg.MODEL.DEVICE = "cpu"
     cfg.DATASETS.TEST = ()
