@@ -40,7 +40,7 @@ from vilseg_d2.engine import ViLSegCheckpointer, ViLSegTrainer  # noqa: E402
 logger = logging.getLogger("vilseg_demo")
 MODES = ("online", "kmeans", "dense")
 # The background rules tried on the held-out world (BG_THRESHOLD, BG_GLOBAL_SIMILARITY).
-BACKGROUND_GRID = list(itertools.product((0.95, 0.98, 0.995), (0.0, 0.7, 0.8, 0.9)))
+BACKGROUND_GRID = list(itertools.product((0.9, 0.95, 0.98, 0.995), (0.0, 0.6, 0.7, 0.8)))
 
 
 def parse_args(argv=None):
