@@ -20,8 +20,8 @@ from torch import nn
 
 from .backbone.clip_vit import D2OpenCLIPViT
 from .kmeans import kmeans
-from .mask_refinement import check_dilations, refine_masks
 from .losses import cross_modal_contrastive_loss, mutual_information_loss, self_distillation_loss
+from .mask_refinement import check_dilations, refine_masks
 from .projection_head import ViLSegProjectionHead
 from .text_encoder import ViLSegTextEncoder
 
