@@ -3,6 +3,7 @@
 import importlib.util
 import os
 
+import numpy as np
 import pytest
 import torch
 from detectron2.modeling import build_model
@@ -67,3 +68,18 @@ def test_results_table_has_a_row_per_model_mode_and_refinement():
     assert len(rows) == 4
     assert rows[2] == "| ViL-Seg | online | PAMR, 10 steps | 58.9 | 80.0 | 50.0 | 0.995 / 0.8 |"
     assert rows[3] == "| ViL-Seg | online | none | 44.3 | 80.0 | 50.0 | 0.9 / 0.0 |"  # the config's rules
+
+
+def test_cluster_panel_colours_every_cluster():
+    run_demo = _run_demo()
+    rgb = np.full((32, 32, 3), 128, dtype=np.uint8)
+    clusters = np.zeros((32, 32), dtype=np.int64)
+    clusters[8:20, 8:20] = 3  # a square without holes: drawn as a polygon
+    clusters[26:, 26:] = 7
+    panel = run_demo.cluster_panel(rgb, clusters)
+    assert panel.shape == rgb.shape and panel.dtype == np.uint8
+    inside = {c: panel[clusters == c].reshape(-1, 3).mean(0) for c in (0, 3, 7)}
+    for c, colour in inside.items():  # every cluster is painted over the grey image ...
+        assert np.abs(colour - 128).max() > 20, c
+    # ... each in its own colour
+    assert min(np.abs(inside[a] - inside[b]).max() for a, b in ((0, 3), (0, 7), (3, 7))) > 20

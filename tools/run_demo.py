@@ -26,6 +26,7 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import hooks
 from detectron2.utils.env import seed_all_rng
+from detectron2.utils.colormap import colormap
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
@@ -168,6 +169,21 @@ def evaluate(cfg, model, mode: str) -> dict:
     return res
 
 
+def cluster_panel(rgb: np.ndarray, clusters: np.ndarray) -> np.ndarray:
+    """The cluster map over the image, H x W x 3 uint8: one colour per cluster id, no names.
+
+    Args:
+        rgb: H x W x 3 uint8 image.
+        clusters: H x W cluster ids (the model's ``"clusters"`` output).
+    """
+    colors = colormap(rgb=True, maximum=1)
+    vis = Visualizer(rgb, None)
+    for cluster in np.unique(clusters):
+        # area_threshold=0: every component, however small (names would only cover the map).
+        vis.draw_binary_mask(clusters == cluster, color=colors[cluster % len(colors)], alpha=0.8, area_threshold=0)
+    return vis.get_output().get_image()
+
+
 def draw_pictures(cfg, model, out_dir: str, count: int) -> None:
     os.makedirs(out_dir, exist_ok=True)
     name = cfg.DATASETS.TEST[0]
@@ -183,10 +199,7 @@ def draw_pictures(cfg, model, out_dir: str, count: int) -> None:
         panels = [rgb]
         for labels in (gt, pred):
             panels.append(Visualizer(rgb, meta, scale=1.0).draw_sem_seg(labels, alpha=0.6).get_image())
-        clusters = out["clusters"].numpy()
-        cmeta = MetadataCatalog.get("__vilseg_demo_clusters")
-        cmeta.stuff_classes = [f"c{i}" for i in range(64)]
-        panels.append(Visualizer(rgb, cmeta).draw_sem_seg(clusters, alpha=0.8, area_threshold=10**9).get_image())
+        panels.append(cluster_panel(rgb, out["clusters"].numpy()))
         stem = os.path.splitext(os.path.basename(record["file_name"]))[0]
         Image.fromarray(np.concatenate(panels, axis=1)).resize((4 * 256, 256), Image.NEAREST).save(
             os.path.join(out_dir, f"{stem}_image_gt_online_clusters.png")
