@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import hooks
-from detectron2.utils.env import seed_all_rng
 from detectron2.utils.colormap import colormap
+from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
