@@ -83,3 +83,17 @@ def test_cluster_panel_colours_every_cluster():
         assert np.abs(colour - 128).max() > 20, c
     # ... each in its own colour
     assert min(np.abs(inside[a] - inside[b]).max() for a, b in ((0, 3), (0, 7), (3, 7))) > 20
+
+
+def test_ablation_runs_are_the_papers_table_2_columns():
+    run_demo = _run_demo()
+    assert list(run_demo.demo_runs(False)) == ["ViL-Seg"]
+    runs = run_demo.demo_runs(True)
+    folders = [sub for sub, _, _ in runs.values()]
+    assert len(set(folders)) == 3  # each model trains (and resumes) in its own folder
+    _, extra, modes = runs["ViL-Seg w/o clustering head"]
+    assert modes == ("kmeans",)
+    model = build_model(tiny_cfg(**{k.replace(".", "__"): v for k, v in zip(extra[::2], extra[1::2])}))
+    assert model.cluster_weight == 0 and not any(p.requires_grad for p in model.clustering_head.parameters())
+    _, extra, modes = runs["ViL-Seg w/o L_vision"]
+    assert modes == ("online",) and extra == ("MODEL.VILSEG.VISION_WEIGHT", 0.0)
