@@ -50,6 +50,17 @@ def test_zero_iterations_give_the_one_hot_label_map_and_bad_input_raises():
         refine_masks(image, masks, iterations=-1)
 
 
+def test_a_precomputed_affinity_gives_the_same_refinement():
+    image, truth = square_on_texture()
+    masks = torch.stack([(~truth).float(), truth.float()]).roll(4, dims=2)  # the square 4 px off
+    affinity = local_affinity(image, dilations=(1, 2, 4))
+    plain = refine_masks(image, masks, iterations=5, dilations=(1, 2, 4))
+    assert torch.equal(refine_masks(image, masks, iterations=5, dilations=(1, 2, 4), affinity=affinity), plain)
+    assert not torch.equal(refine_masks(image, masks, iterations=5, dilations=(1, 2, 4), affinity=affinity.flip(0)), plain)
+    with pytest.raises(ValueError, match=r"affinity of shape \(24, 64, 64\).*got \(16, 64, 64\)"):
+        refine_masks(image, masks, iterations=5, dilations=(1, 2, 4), affinity=affinity[:16])
+
+
 @pytest.mark.parametrize("size", [(1, 1), (5, 3), (16, 16)])
 def test_images_smaller_than_the_dilations(size):
     g = torch.Generator().manual_seed(0)

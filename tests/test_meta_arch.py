@@ -254,6 +254,40 @@ def test_text_features_computed_once_per_vocabulary(eval_model, monkeypatch):
     assert calls == [2]
 
 
+@pytest.mark.parametrize("mode", ["online", "kmeans", "dense"])
+def test_reused_image_features_give_the_same_segmentation(eval_model, monkeypatch, mode):
+    eval_model.inference_mode, eval_model.refine_iters = mode, 3
+    rules = [(0.5, 0.0), (0.9, 0.3), (0.99, 0.6)]
+    images = [torch.randint(0, 256, (3, 96, 128), generator=torch.Generator().manual_seed(i), dtype=torch.uint8) for i in (0, 1)]
+    vocab = ["bg", "circle", "star"]
+
+    def run(refine_iters):
+        eval_model.refine_iters = refine_iters
+        outs = []
+        for thr, sim in rules:
+            eval_model.bg_threshold, eval_model.bg_global_similarity = thr, sim
+            outs += eval_model([{"image": im, "vocabulary": vocab} for im in images])
+        return outs
+
+    try:
+        plain = {iters: run(iters) for iters in (3, 0)}
+        calls = []
+        real = eval_model.backbone.forward_tokens
+        monkeypatch.setattr(eval_model.backbone, "forward_tokens", lambda x: calls.append(1) or real(x))
+        with eval_model.reuse_image_features():
+            for iters in (3, 0):
+                for a, b in zip(run(iters), plain[iters]):
+                    assert torch.equal(a["sem_seg"], b["sem_seg"]) and torch.equal(a["clusters"], b["clusters"])
+            assert len(calls) == len(images)  # once per image, for 3 rules, refined and not
+        assert eval_model._image_cache is None  # released after the block
+        eval_model([{"image": images[0], "vocabulary": vocab}])
+        assert len(calls) == len(images) + 1
+        assert len({tuple(o["sem_seg"].argmax(0).unique().tolist()) for o in plain[0]}) > 1  # the rules matter
+    finally:
+        eval_model.inference_mode, eval_model.refine_iters = "online", 0
+        eval_model.bg_threshold, eval_model.bg_global_similarity = 0.0, 0.0
+
+
 def test_vocabulary_sources(eval_model):
     name = "vilseg_test_vocab_dataset"
     if name not in DatasetCatalog.list():

@@ -163,9 +163,10 @@ def calibrate_background(model, mode: str, pairs, classes) -> dict:
     model.inference_mode = mode
     model.eval()
     scores = {}
-    for threshold, similarity in BACKGROUND_GRID:
-        model.bg_threshold, model.bg_global_similarity = threshold, similarity
-        scores[(threshold, similarity)] = mean_iou(model, pairs, classes)
+    with model.reuse_image_features():  # the rules change only the scoring of each image's regions
+        for threshold, similarity in BACKGROUND_GRID:
+            model.bg_threshold, model.bg_global_similarity = threshold, similarity
+            scores[(threshold, similarity)] = mean_iou(model, pairs, classes)
     (model.bg_threshold, model.bg_global_similarity), best = max(scores.items(), key=lambda kv: kv[1])
     logger.info(
         f"{mode}: BG_THRESHOLD {model.bg_threshold}, BG_GLOBAL_SIMILARITY {model.bg_global_similarity} "

@@ -14,7 +14,7 @@ REFINE_ITERS`` = 0 (the default, and the paper) leaves it out.
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -77,7 +77,12 @@ def local_affinity(image: torch.Tensor, *, dilations: Sequence[int], sigma: floa
 
 
 def refine_masks(
-    image: torch.Tensor, masks: torch.Tensor, *, iterations: int = 10, dilations: Sequence[int] = (1, 2, 4, 8, 12, 24)
+    image: torch.Tensor,
+    masks: torch.Tensor,
+    *,
+    iterations: int = 10,
+    dilations: Sequence[int] = (1, 2, 4, 8, 12, 24),
+    affinity: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Refine class maps by propagating them along the image's colour affinities.
 
@@ -89,14 +94,16 @@ def refine_masks(
             the background.
         iterations: propagation steps; 0 returns the one-hot argmax maps.
         dilations: see :func:`local_affinity`.
+        affinity: ``local_affinity(image, dilations=dilations)`` when the caller already has it
+            (e.g. refining the same image again), N x H x W with N = 8 * len(dilations).
 
     Returns:
         K x H x W class vote shares (sum 1 per pixel). A class absent from the argmax map stays 0:
         only the classes present are propagated, which keeps large vocabularies cheap.
 
     Raises:
-        ValueError: masks not K x H x W of the image's size, negative ``iterations``, or a
-            dilation that is not a positive pixel count.
+        ValueError: masks not K x H x W of the image's size, negative ``iterations``, a
+            dilation that is not a positive pixel count, or an ``affinity`` of another shape.
 
     Memory: 8 * len(dilations) + 1 maps of H x W floats for the affinity, and 2 of P x H x W for
     the votes (P = classes present): about 0.4 GB at 2048 x 1024 with the default dilations.
@@ -108,11 +115,17 @@ def refine_masks(
             f"refine_masks expects K x H x W masks of the image's size {tuple(image.shape[-2:])}, got {tuple(masks.shape)}."
         )
     offsets = _offsets(dilations)
+    if affinity is not None and tuple(affinity.shape) != (len(offsets), *masks.shape[1:]):
+        raise ValueError(
+            f"refine_masks expects an affinity of shape {(len(offsets), *masks.shape[1:])} (8 neighbours per "
+            f"dilation, the masks' size), got {tuple(affinity.shape)}."
+        )
     labels = masks.argmax(0)  # H x W
     present = labels.unique()  # P
     votes = (labels[None] == present[:, None, None]).float()  # P x H x W
     if iterations > 0:
-        affinity = local_affinity(image, dilations=dilations)  # N x H x W
+        if affinity is None:
+            affinity = local_affinity(image, dilations=dilations)  # N x H x W
         for _ in range(iterations):
             out = torch.zeros_like(votes)
             for weight, neighbour in zip(affinity, _neighbours(votes, offsets)):
