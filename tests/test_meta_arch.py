@@ -14,6 +14,7 @@ import vilseg_d2  # noqa: F401
 from vilseg_d2 import add_vilseg_config
 from vilseg_d2.modeling import ViLSeg, ViLSegClusteringHead, ViLSegProjectionHead
 from vilseg_d2.modeling.losses import mutual_information_loss
+from vilseg_d2.modeling.meta_arch import _windows
 
 from helpers import square_on_texture, tiny_cfg
 
@@ -256,36 +257,58 @@ def test_text_features_computed_once_per_vocabulary(eval_model, monkeypatch):
 
 @pytest.mark.parametrize("mode", ["online", "kmeans", "dense"])
 def test_reused_image_features_give_the_same_segmentation(eval_model, monkeypatch, mode):
-    eval_model.inference_mode, eval_model.refine_iters = mode, 3
+    """Inside reuse_image_features, every image, rule, vocabulary, output size, window size and
+    refinement scores exactly as outside, while the encoder runs once per image and setting."""
     rules = [(0.5, 0.0), (0.9, 0.3), (0.99, 0.6)]
-    images = [torch.randint(0, 256, (3, 96, 128), generator=torch.Generator().manual_seed(i), dtype=torch.uint8) for i in (0, 1)]
-    vocab = ["bg", "circle", "star"]
+    gen = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (3, 96, 128), generator=gen, dtype=torch.uint8) for _ in range(2)]
+    settings = [  # (refine_iters, sliding_window_size, vocabulary, output height / width)
+        (3, 0, ["bg", "circle", "star"], None),
+        (0, 0, ["bg", "circle", "star"], None),
+        (0, 0, ["bg", "heart", "ring", "cross"], (48, 80)),
+        (3, 64, ["bg", "circle", "star"], None),
+    ]
 
-    def run(refine_iters):
-        eval_model.refine_iters = refine_iters
+    def run():
         outs = []
-        for thr, sim in rules:
-            eval_model.bg_threshold, eval_model.bg_global_similarity = thr, sim
-            outs += eval_model([{"image": im, "vocabulary": vocab} for im in images])
+        for iters, window, vocab, size in settings:
+            eval_model.refine_iters = iters
+            eval_model.sliding_window_size, eval_model.sliding_window_stride = window, 32
+            for thr, sim in rules:
+                eval_model.bg_threshold, eval_model.bg_global_similarity = thr, sim
+                extra = {"height": size[0], "width": size[1]} if size else {}
+                outs.append(eval_model([{"image": im, "vocabulary": vocab, **extra} for im in images]))
         return outs
 
+    eval_model.inference_mode = mode
     try:
-        plain = {iters: run(iters) for iters in (3, 0)}
+        plain = run()
         calls = []
         real = eval_model.backbone.forward_tokens
         monkeypatch.setattr(eval_model.backbone, "forward_tokens", lambda x: calls.append(1) or real(x))
         with eval_model.reuse_image_features():
-            for iters in (3, 0):
-                for a, b in zip(run(iters), plain[iters]):
+            for cached, expected in zip(run(), plain):
+                for a, b in zip(cached, expected):
                     assert torch.equal(a["sem_seg"], b["sem_seg"]) and torch.equal(a["clusters"], b["clusters"])
-            assert len(calls) == len(images)  # once per image, for 3 rules, refined and not
+                cached[0]["clusters"].fill_(7)  # a caller editing its output changes nothing stored
+            eval_model.refine_iters, eval_model.sliding_window_size = settings[0][:2]
+            eval_model.bg_threshold, eval_model.bg_global_similarity = rules[0]
+            again = eval_model([{"image": images[0], "vocabulary": settings[0][2]}])[0]
+            assert torch.equal(again["clusters"], plain[0][0]["clusters"])
+        # per image, the encoder ran once for the whole image at its own size (the first two
+        # settings), once for the resized output (the regions are made at the output size) and
+        # once per window
+        windows = len(_windows(96, 64, 32)) * len(_windows(128, 64, 32))
+        assert len(calls) == len(images) * (2 + windows)
         assert eval_model._image_cache is None  # released after the block
-        eval_model([{"image": images[0], "vocabulary": vocab}])
-        assert len(calls) == len(images) + 1
-        assert len({tuple(o["sem_seg"].argmax(0).unique().tolist()) for o in plain[0]}) > 1  # the rules matter
+        eval_model([{"image": images[0], "vocabulary": ["bg", "circle"]}])
+        assert len(calls) == len(images) * (2 + windows) + 1  # outside, computed anew
+        for i in range(len(images)):  # the rules matter for each image
+            assert len({tuple(out[i]["sem_seg"].argmax(0).unique().tolist()) for out in plain[3:6]}) > 1
     finally:
         eval_model.inference_mode, eval_model.refine_iters = "online", 0
         eval_model.bg_threshold, eval_model.bg_global_similarity = 0.0, 0.0
+        eval_model.sliding_window_size = 0
 
 
 def test_vocabulary_sources(eval_model):
@@ -325,7 +348,6 @@ def test_crop_sizes_must_be_multiples_of_the_patch():
 
 
 def test_sliding_windows_cover_the_image_without_extra_area():
-    from vilseg_d2.modeling.meta_arch import _windows
 
     assert _windows(100, 448, 320) == [(0, 100)]
     assert _windows(2048, 448, 448) == [(0, 448), (448, 896), (896, 1344), (1344, 1792), (1792, 2048)]

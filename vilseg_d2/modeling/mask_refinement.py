@@ -95,7 +95,8 @@ def refine_masks(
         iterations: propagation steps; 0 returns the one-hot argmax maps.
         dilations: see :func:`local_affinity`.
         affinity: ``local_affinity(image, dilations=dilations)`` when the caller already has it
-            (e.g. refining the same image again), N x H x W with N = 8 * len(dilations).
+            (e.g. refining the same image again), N x H x W with N = 8 * len(dilations). Only
+            its shape is checked: it must have been computed with these dilations.
 
     Returns:
         K x H x W class vote shares (sum 1 per pixel). A class absent from the argmax map stays 0:

@@ -6,7 +6,7 @@ import contextlib
 import hashlib
 import logging
 import math
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,28 @@ logger = logging.getLogger(__name__)
 
 INFERENCE_MODES = ("online", "kmeans", "dense")
 CLUSTER_JOINTS = ("batch", "image")
+T = TypeVar("T")
+Sizes = Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int]]
+
+
+class ImageRegions(NamedTuple):
+    """An image's vocabulary- and rule-independent inference features (see ``ViLSeg._image_regions``).
+
+    Attributes:
+        image_emb: D, the unit-norm image embedding e_v (mean of the pixel embeddings).
+        sizes: ((Hp, Wp) padded input, (H, W) input, (height, width) output).
+        emb: hw x D unit-norm pixel embeddings ("dense" only).
+        grid: (h, w) token grid ("dense" only).
+        region: C x D unit-norm region embeddings ("online", "kmeans").
+        assign: height x width long cluster ids ("online", "kmeans").
+    """
+
+    image_emb: torch.Tensor
+    sizes: Sizes
+    emb: Optional[torch.Tensor] = None
+    grid: Optional[Tuple[int, int]] = None
+    region: Optional[torch.Tensor] = None
+    assign: Optional[torch.Tensor] = None
 
 
 @META_ARCH_REGISTRY.register()
@@ -436,30 +458,44 @@ class ViLSeg(nn.Module):
 
     @contextlib.contextmanager
     def reuse_image_features(self) -> Iterator[None]:
-        """Within the block, inference computes what does not depend on the vocabulary or the
-        background rules once per image (and inference mode) and reuses it: the pixel
-        embeddings, the clusters and their region embeddings, and the mask refinement's colour
-        affinities. Scoring the same images under many background rules (as ``tools/run_demo.py``
-        chooses them) then repeats only the scoring and the refinement's propagation.
+        """Reuse each image's vocabulary- and rule-independent features within the block.
 
-        Images are recognised by their content. The weights and settings other than the
-        vocabulary, ``bg_threshold`` and ``bg_global_similarity`` must not change inside the
-        block. Memory: the affinities take 4 * 8 * len(REFINE_DILATIONS) bytes per pixel (3 MB
-        for a 128 x 128 image with the default dilations).
+        Inside the block, inference computes once per image (and inference mode and output size)
+        the pixel embeddings, the clusters with their region embeddings, and the mask
+        refinement's colour affinities; scoring the same images again under other vocabularies
+        or background rules (``bg_threshold``, ``bg_global_similarity``) repeats only the
+        scoring and the refinement's propagation. ``tools/run_demo.py`` chooses its background
+        rules this way. Images are recognised by their content.
+
+        The weights and the other settings must not change inside the block. Everything is
+        kept until the block ends: per image, about 4 * 8 * len(REFINE_DILATIONS) bytes per
+        pixel for the affinities (3 MB at 128 x 128 with the default dilations; 50 MB at
+        512 x 512) and 8 bytes per output pixel for the cluster ids. Meant for small sets of
+        images scored many times, not for a whole evaluation.
+
+        Yields:
+            None. Example::
+
+                with model.reuse_image_features():
+                    for rule in rules:
+                        model.bg_threshold = rule
+                        outputs = model(inputs)
         """
-        self._image_cache = {}
+        outer = self._image_cache
+        self._image_cache = {} if outer is None else outer
         try:
             yield
         finally:
-            self._image_cache = None
+            self._image_cache = outer
 
-    def _memo(self, kind: str, image: torch.Tensor, compute: Callable[[], object], *key) -> object:
-        """``compute()``, or inside :meth:`reuse_image_features` its stored value for this image
-        content, ``kind`` and ``key``."""
+    def _memo(self, kind: str, image: torch.Tensor, compute: Callable[[], T], key: tuple) -> T:
+        """Inside :meth:`reuse_image_features`, the value of ``compute()`` stored for this
+        ``kind``, image content (any shape), ``key``, device and autocast state; else ``compute()``."""
         if self._image_cache is None:
             return compute()
-        digest = hashlib.blake2b(image.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).digest()
-        full_key = (kind, self.inference_mode, self.kmeans_iters, self.kmeans_seed, tuple(image.shape), digest, *key)
+        content = hashlib.blake2b(image.detach().float().cpu().contiguous().numpy().tobytes(), digest_size=16)
+        full_key = (kind, tuple(image.shape), content.digest(), str(image.device),
+                    torch.is_autocast_enabled(image.device.type), *key)  # fmt: skip
         if full_key not in self._image_cache:
             self._image_cache[full_key] = compute()
         return self._image_cache[full_key]
@@ -532,18 +568,18 @@ class ViLSeg(nn.Module):
     def _segment_whole(
         self, image: torch.Tensor, text: torch.Tensor, output_size: Tuple[int, int]
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        regions = self._memo("regions", image, lambda: self._image_regions(image, output_size), output_size)
+        """Segment one normalised image (3 x H x W) without sliding windows; see :meth:`segment`."""
+        key = (self.inference_mode, self.kmeans_iters, self.kmeans_seed, tuple(output_size))
+        regions = self._memo("regions", image, lambda: self._image_regions(image, output_size), key)
         return self._score_regions(regions, text)
 
-    def _image_regions(self, image: torch.Tensor, output_size: Tuple[int, int]) -> Dict[str, object]:
+    def _image_regions(self, image: torch.Tensor, output_size: Tuple[int, int]) -> ImageRegions:
         """What segmenting an image takes that neither the vocabulary nor the background rules
-        change: the pixel embeddings, and for "online" / "kmeans" the regions.
+        change: the pixel embeddings ("dense"), or the regions ("online", "kmeans").
 
-        Returns:
-            a dict with ``emb`` (hw x D unit-norm pixel embeddings), ``image_emb`` (D, e_v),
-            ``grid`` (h, w), ``sizes`` ((Hp, Wp) padded, (H, W) input, output size); for the
-            clustering modes also ``region`` (C x D unit-norm region embeddings) and ``assign``
-            (height x width long cluster ids).
+        Args:
+            image: 3 x H x W normalised image.
+            output_size: (height, width) of the segmentation.
         """
         H, W = image.shape[-2:]
         patch = self.backbone.size_divisibility
@@ -551,14 +587,10 @@ class ViLSeg(nn.Module):
         emb = self.backbone.forward_tokens(padded)["emb"].float()  # 1 x D x h x w
         h, w = emb.shape[-2:]
         emb_flat = F.normalize(emb[0].flatten(1).t(), dim=-1)  # hw x D
-        regions = {
-            "emb": emb_flat,
-            "image_emb": F.normalize(emb[0].mean(dim=(1, 2)), dim=0),
-            "grid": (h, w),
-            "sizes": (tuple(padded.shape[-2:]), (H, W), tuple(output_size)),
-        }
+        image_emb = F.normalize(emb[0].mean(dim=(1, 2)), dim=0)  # D, e_v
+        sizes = (tuple(padded.shape[-2:]), (H, W), tuple(output_size))
         if self.inference_mode == "dense":
-            return regions
+            return ImageRegions(image_emb=image_emb, sizes=sizes, emb=emb_flat, grid=(h, w))
         if self.inference_mode == "online":
             cluster_logits = self.clustering_head.layers({self.clustering_head.in_feature: emb})[0].float()
         else:  # kmeans on the unit-norm embeddings; logits = -squared distance to the centroids
@@ -572,32 +604,42 @@ class ViLSeg(nn.Module):
         weights = F.one_hot(token_assign, num_clusters).float()  # hw x C
         empty = weights.sum(0) == 0
         weights[:, empty] = cluster_logits.flatten(1).t().softmax(-1)[:, empty]
-        regions["region"] = F.normalize(weights.t() @ emb_flat, dim=-1)  # C x D
+        region = F.normalize(weights.t() @ emb_flat, dim=-1)  # C x D
         # Pixel-level assignment from the upsampled cluster logits; each pixel takes its region's scores.
-        regions["assign"] = _to_output(cluster_logits, regions["sizes"]).max(0).indices  # height x width
-        return regions
+        assign = _to_output(cluster_logits, sizes).max(0).indices  # height x width
+        return ImageRegions(image_emb=image_emb, sizes=sizes, region=region, assign=assign)
 
-    def _score_regions(self, regions: Dict[str, object], text: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Class probabilities of an image's pixels (K x height x width) and its cluster ids
-        (height x width; "dense": the class ids), from :meth:`_image_regions`."""
+    def _score_regions(self, regions: ImageRegions, text: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Score an image's pixels or regions against the vocabulary, with the background rules.
+
+        Args:
+            regions: from :meth:`_image_regions`.
+            text: K' x D unit-norm class embeddings.
+
+        Returns:
+            (K x height x width class probabilities, height x width long cluster ids; for
+            "dense", the class ids).
+        """
+        sizes = regions.sizes
         if self.inference_mode == "dense":
-            emb, sizes = regions["emb"], regions["sizes"]
-            logits = (self.scale() * (emb @ text.t())).t().reshape(-1, *regions["grid"])  # K' x h x w
+            emb, grid = regions.emb, regions.grid
+            logits = (self.scale() * (emb @ text.t())).t().reshape(-1, *grid)  # K' x h x w
             similarity = None
             if self.bg_global_similarity > 0:
-                similarity = _to_output((emb @ regions["image_emb"]).view(1, *regions["grid"]), sizes)[0]
+                similarity = _to_output((emb @ regions.image_emb).view(1, *grid), sizes)[0]  # height x width
             probs = self._with_background(_to_output(logits, sizes).softmax(0), similarity)
             return probs, probs.max(0).indices
 
-        region = regions["region"]
+        region = regions.region
         region_probs = (self.scale() * region @ text.t()).softmax(-1).t()  # K' x C
-        region_probs = self._with_background(region_probs, region @ regions["image_emb"])  # K x C
+        region_probs = self._with_background(region_probs, region @ regions.image_emb)  # K x C
         # Written pixel-major (height x width x K, returned as a K x height x width view): a row copy
         # per pixel instead of a strided gather per class, and argmax over the classes, which is
         # what every consumer does, reads contiguous memory. Measured at 448 x 448 with K = 1000:
         # 0.48 s against 0.65 s to write, 0.14 s against 0.73 s for the evaluator's argmax.
-        assign = regions["assign"]
-        scores = F.embedding(assign, region_probs.t()).permute(2, 0, 1)  # K x height x width view
+        scores = F.embedding(regions.assign, region_probs.t()).permute(2, 0, 1)  # K x height x width view
+        # A stored assignment is handed out as a copy, so that no caller can change it.
+        assign = regions.assign if self._image_cache is None else regions.assign.clone()
         return scores, assign
 
     def _with_background(self, probs: torch.Tensor, image_similarity: Optional[torch.Tensor]) -> torch.Tensor:
@@ -624,7 +666,7 @@ class ViLSeg(nn.Module):
         return probs
 
 
-def _to_output(maps: torch.Tensor, sizes) -> torch.Tensor:
+def _to_output(maps: torch.Tensor, sizes: Sizes) -> torch.Tensor:
     """N x h x w token-grid maps -> N x height x width: upsampled to the padded image, the padding
     cropped, then resized to the output size. ``sizes``: ((Hp, Wp), (H, W), (height, width))."""
     padded, (H, W), output_size = sizes
