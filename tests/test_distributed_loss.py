@@ -7,7 +7,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from vilseg_d2.modeling import ViLSeg, cross_modal_contrastive_loss
+from vilseg_d2.modeling import cross_modal_contrastive_loss
+from vilseg_d2.modeling.criterion import gather_embeddings
 
 
 def _free_port():
@@ -23,7 +24,7 @@ def _worker(rank, world, port, img, txt, out):
         n = img.shape[0] // world
         local_img = img[rank * n : (rank + 1) * n].clone().requires_grad_()
         local_txt = txt[rank * n : (rank + 1) * n].clone().requires_grad_()
-        all_img, all_txt = ViLSeg._gather(local_img, local_txt)
+        all_img, all_txt = gather_embeddings(local_img, local_txt)
         loss = cross_modal_contrastive_loss(all_img, all_txt, 10.0)
         loss.backward()
         out[rank] = (loss.detach(), local_img.grad, local_txt.grad, all_img.shape[0])

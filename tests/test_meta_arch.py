@@ -8,11 +8,12 @@ from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.modeling.postprocessing import sem_seg_postprocess
+from detectron2.utils.events import EventStorage
 from torch import nn
 
 import vilseg_d2  # noqa: F401
 from vilseg_d2 import add_vilseg_config
-from vilseg_d2.modeling import ViLSeg, ViLSegClusteringHead, ViLSegProjectionHead
+from vilseg_d2.modeling import ViLSeg, ViLSegClusteringHead, ViLSegCriterion, ViLSegProjectionHead
 from vilseg_d2.modeling.losses import mutual_information_loss
 from vilseg_d2.modeling.meta_arch import _windows
 
@@ -63,8 +64,7 @@ def test_one_training_step_gives_three_finite_losses_and_gradients_everywhere():
     for part in ("backbone", "text_encoder", "clustering_head", "projection_head"):
         assert grad_norm(getattr(model, part)) > 0, part
     assert model.logit_scale.grad is not None
-    assert int(model.num_updates) == 1
-    assert model.center.abs().sum() > 0  # DINO center moved
+    assert model.criterion.center.abs().sum() > 0  # DINO center moved
 
 
 def test_cluster_loss_detached_from_encoder():
@@ -117,21 +117,20 @@ def test_auxiliary_objectives_warm_up_after_the_cross_modal_one():
     reference = full(batch)
     factors = []
     for step in range(7):
-        warm.num_updates.fill_(step)
-        full.num_updates.fill_(step)
-        warm.center.copy_(full.center)  # the DINO center moves with each computed L_vision
-        losses = warm(batch)
-        if step < 2:  # left out: not even computed
-            assert set(losses) == {"loss_cross"}
-            factors.append(0.0)
-            continue
-        ref = full(batch)
+        warm.criterion.center.copy_(full.criterion.center)  # the DINO center moves with each L_vision
+        with EventStorage(step):  # the trainer's iteration drives the warm-up
+            losses = warm(batch)
+            if step < 2:  # left out: not even computed
+                assert set(losses) == {"loss_cross"}
+                factors.append(0.0)
+                continue
+            ref = full(batch)
         factor = losses["loss_cluster"].item() / ref["loss_cluster"].item()
         assert losses["loss_vision"].item() == pytest.approx(factor * ref["loss_vision"].item(), rel=1e-4)
         assert losses["loss_cross"].item() == pytest.approx(reference["loss_cross"].item(), rel=1e-5)
         factors.append(factor)
     assert factors == pytest.approx([0, 0, 1 / 4, 2 / 4, 3 / 4, 1, 1], rel=1e-4)
-    assert int(warm.num_updates) == 7
+    assert set(warm.losses(batch, iteration=3)) == set(reference)  # or an explicit iteration
     with pytest.raises(ValueError, match="AUX_WARMUP_ITERS"):
         build_model(tiny_cfg(MODEL__VILSEG__AUX_WARMUP_ITERS=(5, 2)))
 
@@ -160,10 +159,11 @@ def _stub_model():
         text_encoder=nn.Identity(),
         clustering_head=head,
         projection_head=ViLSegProjectionHead(in_dim=8, out_dim=16),
+        criterion=ViLSegCriterion(
+            weight_dict={"loss_vision": 0.0, "loss_cross": 0.0, "loss_cluster": 1.0}, proj_dim=16, cluster_joint="batch"
+        ),
         pixel_mean=[128.0, 128.0, 128.0],
         pixel_std=[64.0, 64.0, 64.0],
-        vision_weight=0.0,
-        cross_weight=0.0,
     ).train()
 
 
@@ -193,7 +193,7 @@ def test_per_image_joint_distribution_averages_the_images():
     # Two flat images, each mostly in a cluster of its own: one J over the batch tells them apart
     # (at most ln 2 nats); within one image all pixels are alike: nothing to tell apart.
     assert -math.log(2) < model(as_batch(dark, light))["loss_cluster"].item() < -0.3
-    model.cluster_joint = "image"
+    model.criterion.cluster_joint = "image"
     assert abs(model(as_batch(dark, light))["loss_cluster"].item()) < 1e-6
     alone = [model(as_batch(im))["loss_cluster"].item() for im in (blocks, light)]
     assert model(as_batch(blocks, light))["loss_cluster"].item() == pytest.approx(sum(alone) / 2, rel=1e-5)

@@ -94,6 +94,6 @@ def test_ablation_runs_are_the_papers_table_2_columns():
     _, extra, modes = runs["ViL-Seg w/o clustering head"]
     assert modes == ("kmeans",)
     model = build_model(tiny_cfg(**{k.replace(".", "__"): v for k, v in zip(extra[::2], extra[1::2])}))
-    assert model.cluster_weight == 0 and not any(p.requires_grad for p in model.clustering_head.parameters())
+    assert model.criterion.weight_dict["loss_cluster"] == 0 and not any(p.requires_grad for p in model.clustering_head.parameters())
     _, extra, modes = runs["ViL-Seg w/o L_vision"]
     assert modes == ("online",) and extra == ("MODEL.VILSEG.VISION_WEIGHT", 0.0)

@@ -17,7 +17,11 @@ Sections (``--sections``, default all):
   (2048x1024 for ViT-B/16) by sliding window, non-overlapping and with the eval configs' overlap.
 * ``training``: one iteration (forward + backward + AdamW step through the project's
   ``AutocastTrainer``) on batch 8 of fake training dicts, fp32 and bf16, timed in a fresh
-  subprocess per config, which also gives the peak memory of training and of inference.
+  subprocess per config, which also gives the peak memory of training and of inference. The
+  same subprocess times open_clip's own CLIP step (``open_clip.create_model`` of the config's
+  model name with ``ClipLoss``: the same towers, batch, dtype, trainer and AdamW) and
+  ``clip_comparison`` puts ViL-Seg's step time over CLIP's next to their training FLOPs per
+  sample (``vilseg_d2.analysis``, as ``tools/analyze_model.py`` counts them).
 * ``loader``: the caption mapper's samples/s on one thread and the training loader's samples/s
   with 2 workers, on a small synthetic world written to a temporary folder (tiny config).
 
@@ -50,10 +54,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.structures import ImageList  # noqa: E402
-from detectron2.utils.events import EventStorage  # noqa: E402
+from detectron2.utils.events import EventStorage, get_event_storage  # noqa: E402
 
 import vilseg_d2  # noqa: E402,F401  (fills the registries)
 from vilseg_d2 import add_vilseg_config  # noqa: E402
+from vilseg_d2.analysis import ClipTrainingModel, clip_samples, training_flop_ratio, training_samples  # noqa: E402
 from vilseg_d2.engine import AutocastTrainer, build_vilseg_optimizer  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -409,22 +414,7 @@ def _num_windows(length: int, size: int, stride: int) -> int:
 
 def fake_training_batch(cfg, batch: int, seed: int = 0) -> List[Dict]:
     """``batch`` training dicts shaped like the caption mapper's output (random pixels)."""
-    v = cfg.INPUT.VILSEG
-    gen = torch.Generator().manual_seed(seed)
-
-    def pixels(side: int) -> torch.Tensor:
-        return torch.randint(0, 256, (3, side, side), dtype=torch.uint8, generator=gen)
-
-    return [
-        {
-            "image": pixels(v.GLOBAL_SIZE),
-            "local_crops": [pixels(v.LOCAL_SIZE) for _ in range(v.NUM_LOCAL_CROPS)],
-            "transformed_image": pixels(v.GLOBAL_SIZE),
-            "flip": i % 2 == 1,
-            "caption": f"a red star next to a blue ring number {i}",
-        }
-        for i in range(batch)
-    ]
+    return training_samples(cfg, batch, seed)
 
 
 def worker_jobs(profile: Profile) -> List[Dict]:
@@ -439,6 +429,10 @@ def worker_jobs(profile: Profile) -> List[Dict]:
         warmup, reps = profile.schedule(f"train_{dtype}")
         jobs.append({"name": f"train_{dtype}", "kind": "train", "dtype": dtype, "batch": profile.train_batch,
                      "warmup": warmup, "reps": reps})  # fmt: skip
+    for dtype in DTYPES:  # open_clip's CLIP step, same batch and dtype
+        warmup, reps = profile.schedule(f"train_{dtype}")
+        jobs.append({"name": f"clip_train_{dtype}", "kind": "clip_train", "dtype": dtype,
+                     "batch": profile.train_batch, "warmup": warmup, "reps": reps})  # fmt: skip
     if profile.consumption_batch:
         warmup, reps = profile.schedule("train_bf16")
         jobs.append({"name": f"train_bf16_batch{profile.consumption_batch}", "kind": "train", "dtype": "bf16",
@@ -454,23 +448,42 @@ def _inference_job(model, cfg, job: Dict) -> Callable[[], object]:
 
 
 def _train_job(model, cfg, job: Dict) -> Callable[[], object]:
-    # a step with all three objectives in force: past MODEL.VILSEG.AUX_WARMUP_ITERS
-    model.num_updates.fill_(int(cfg.MODEL.VILSEG.AUX_WARMUP_ITERS[1]))
     batch = fake_training_batch(cfg, job["batch"])
     optimizer = build_vilseg_optimizer(cfg, model)
     dtype = torch.bfloat16 if job["dtype"] == "bf16" else None
     trainer = AutocastTrainer(model, itertools.repeat(batch), optimizer, dtype=dtype)
+    # steps with all three objectives in force: past MODEL.VILSEG.AUX_WARMUP_ITERS (the model
+    # reads the iteration from the event storage, as in a trainer)
+    storage = get_event_storage()
+    storage.iter = trainer.iter = int(cfg.MODEL.VILSEG.AUX_WARMUP_ITERS[1])
 
     def step():
         trainer.run_step()
         trainer.iter += 1
+        storage.iter = trainer.iter
 
     return step
 
 
+def _clip_train_job(model, cfg, job: Dict) -> Callable[[], object]:
+    """open_clip's CLIP (image and text towers of the config's model name, random init) and
+    ``ClipLoss``: one forward + backward + AdamW step through the same ``AutocastTrainer`` and
+    optimizer settings as ViL-Seg's, on the job's batch (images at the tower's own size)."""
+    clip = ClipTrainingModel.from_config(cfg).train()
+    samples = clip_samples(job["batch"], clip.image_size)
+    autocast_dtype = {"bf16": torch.bfloat16, "fp32": None}[job["dtype"]]
+    clip_trainer = AutocastTrainer(clip, itertools.repeat(samples), build_vilseg_optimizer(cfg, clip), dtype=autocast_dtype)
+
+    def clip_step():
+        clip_trainer.run_step()
+        clip_trainer.iter += 1
+
+    return clip_step
+
+
 def run_job(model, cfg, job: Dict) -> Dict:
     """Prepare one job, reset the peak RSS, time it, read the peak."""
-    prepare = {"inference": _inference_job, "train": _train_job}[job["kind"]]
+    prepare = {"inference": _inference_job, "train": _train_job, "clip_train": _clip_train_job}[job["kind"]]
     model.zero_grad(set_to_none=True)
     with EventStorage(0):
         fn = prepare(model, cfg, job)
@@ -481,7 +494,7 @@ def run_job(model, cfg, job: Dict) -> Dict:
         end = memory_status()
     del fn
     items = job.get("batch", 1)
-    m = with_rate(m, items, "samples_per_s" if job["kind"] == "train" else "images_per_s")
+    m = with_rate(m, items, "samples_per_s" if job["kind"] in ("train", "clip_train") else "images_per_s")
     m["memory"] = {
         "peak_rss_bytes": end.get("hwm", 0),
         "rss_at_start_bytes": start.get("rss", 0),
@@ -659,6 +672,9 @@ def run_config(profile: Profile, args) -> Dict:
         out["vocabulary"] = vocabulary_section(model, profile, vocabularies, text_seconds)
     if "sizes" in args.sections:
         out["sizes"] = sizes_section(model, profile, small)
+    if "training" in args.sections:
+        flops = training_flop_ratio(model, cfg)
+        log(f"{profile.name} training FLOPs per sample, ViL-Seg / open_clip CLIP: {flops['ratio']:.2f}")
     del model
     gc.collect()
     if "training" in args.sections:
@@ -669,9 +685,26 @@ def run_config(profile: Profile, args) -> Dict:
             log(out["errors"][0])
             return out
         jobs = worker.pop("jobs")
-        out["training"] = {k: v for k, v in jobs.items() if k.startswith("train_")}
+        out["training"] = {k: v for k, v in jobs.items() if k.startswith(("train_", "clip_train_"))}
+        out["clip_comparison"] = clip_comparison(out["training"], flops)
         out["training"]["views_per_sample"] = "1 global + %d local + 1 transformed" % cfg.INPUT.VILSEG.NUM_LOCAL_CROPS
         out["memory"] = dict(worker, **{k: v for k, v in jobs.items() if k.startswith("inference_")})
+    return out
+
+
+def clip_comparison(training: Dict, flops: Dict) -> Dict:
+    """ViL-Seg's training step time over open_clip CLIP's, per dtype, next to the FLOP ratio.
+
+    Args:
+        training: the training jobs (``train_<dtype>``, ``clip_train_<dtype>``).
+        flops: :func:`vilseg_d2.analysis.training_flop_ratio` of the config.
+    """
+    out: Dict = {"flops_per_sample": flops, "flop_ratio": flops["ratio"]}
+    for dtype in DTYPES:
+        vilseg, clip = training.get(f"train_{dtype}"), training.get(f"clip_train_{dtype}")
+        if vilseg and clip:
+            out[dtype] = {"batch": vilseg["batch"], "vilseg_step_s": vilseg["median_s"],
+                          "clip_step_s": clip["median_s"], "time_ratio": vilseg["median_s"] / clip["median_s"]}  # fmt: skip
     return out
 
 
@@ -787,7 +820,8 @@ def table_rows(results: Dict) -> List[Tuple[str, ...]]:
             rows.append((name, label, sizes["dtype"], m))
         for key, m in (res.get("training") or {}).items():
             if isinstance(m, dict):
-                rows.append((name, f"train step, batch {m['batch']}", m["dtype"], m))
+                step = "open_clip CLIP train step" if key.startswith("clip_") else "train step"
+                rows.append((name, f"{step}, batch {m['batch']}", m["dtype"], m))
     loader = results.get("loader") or {}
     for key in ("mapper", "loader"):
         if key in loader:
@@ -809,6 +843,14 @@ def format_table(results: Dict) -> str:
     header = ("config", "measurement", "dtype", "median s", "throughput", "peak RSS GiB", "reps")
     lines = [_md_row(header), _md_row(("---",) * len(header))]
     lines += [_md_row(r) for r in table_rows(results)]
+    comparison = [(name, dtype, res["clip_comparison"][dtype], res["clip_comparison"]["flop_ratio"])
+                  for name, res in results["configs"].items() for dtype in DTYPES
+                  if dtype in res.get("clip_comparison", {})]  # fmt: skip
+    if comparison:
+        head = ("config", "dtype", "ViL-Seg step s", "CLIP step s", "time ViL-Seg / CLIP", "FLOPs ViL-Seg / CLIP")
+        lines += ["", _md_row(head), _md_row(("---",) * len(head))]
+        lines += [_md_row((name, dtype, f"{c['vilseg_step_s']:.3f}", f"{c['clip_step_s']:.3f}", f"{c['time_ratio']:.2f}",
+                           f"{ratio:.2f}")) for name, dtype, c, ratio in comparison]  # fmt: skip
     lines += ["", _md_row(("target", "measured", "threshold", "met")), _md_row(("---",) * 4)]
     for t in results["targets"]:
         lines.append(_md_row((t["name"], f"{t['measured']:.3f}", f"{t['comparison']} {t['threshold']}",

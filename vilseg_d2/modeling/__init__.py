@@ -9,6 +9,7 @@ open_clip.add_model_config(os.path.join(os.path.dirname(os.path.dirname(__file__
 
 from .backbone import D2OpenCLIPViT, D2OpenCLIPViTPyramid  # noqa: E402
 from .clustering_head import ViLSegClusteringHead  # noqa: E402
+from .criterion import ViLSegCriterion  # noqa: E402
 from .losses import cross_modal_contrastive_loss, mutual_information_loss, self_distillation_loss  # noqa: E402
 from .mask_refinement import local_affinity, refine_masks  # noqa: E402
 from .meta_arch import ViLSeg  # noqa: E402
@@ -19,6 +20,7 @@ __all__ = [
     "D2OpenCLIPViT",
     "D2OpenCLIPViTPyramid",
     "ViLSegClusteringHead",
+    "ViLSegCriterion",
     "ViLSegProjectionHead",
     "ViLSegTextEncoder",
     "ViLSeg",

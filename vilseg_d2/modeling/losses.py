@@ -1,13 +1,28 @@
-"""ViL-Seg's three objectives as pure functions (DESIGN section 4). All reductions in (at least) fp32."""
+"""ViL-Seg's three objectives as pure functions (DESIGN section 4).
+
+Each is computed in fp32 whatever autocast is in force: its inputs are upcast (fp64 stays) and
+autocast is off inside, so fp16 / bf16 training changes only the encoders, never a loss's sums
+(an fp16 J over 200,000 pixels overflows; under bf16 it is 8% off).
+"""
 
 from __future__ import annotations
 
+import functools
 import sys
+from typing import Callable, TypeVar
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["cross_modal_contrastive_loss", "self_distillation_loss", "mutual_information_loss"]
+__all__ = [
+    "cross_modal_contrastive_loss",
+    "self_distillation_loss",
+    "mutual_information_loss",
+    "joint_distribution",
+    "mutual_information",
+]
+
+Fn = TypeVar("Fn", bound=Callable)
 
 
 def _fp32(x: torch.Tensor) -> torch.Tensor:
@@ -15,6 +30,19 @@ def _fp32(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
+def _without_autocast(fn: Fn) -> Fn:
+    """Run ``fn`` with autocast off on the device of its first tensor argument."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        device = next(a.device.type for a in args if isinstance(a, torch.Tensor))
+        with torch.autocast(device, enabled=False):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@_without_autocast
 def cross_modal_contrastive_loss(
     image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor | float
 ) -> torch.Tensor:
@@ -35,11 +63,13 @@ def cross_modal_contrastive_loss(
         raise ValueError(f"image_emb {tuple(image_emb.shape)} and text_emb {tuple(text_emb.shape)} differ.")
     img = F.normalize(_fp32(image_emb), dim=-1)
     txt = F.normalize(_fp32(text_emb), dim=-1)
-    logits = logit_scale * img @ txt.t()  # B x B
+    scale = _fp32(logit_scale) if isinstance(logit_scale, torch.Tensor) else logit_scale
+    logits = scale * img @ txt.t()  # B x B
     labels = torch.arange(logits.shape[0], device=logits.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
 
 
+@_without_autocast
 def self_distillation_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -69,6 +99,47 @@ def self_distillation_loss(
     return -(teacher.unsqueeze(0) * log_student).sum(dim=-1).mean()
 
 
+@_without_autocast
+def joint_distribution(p: torch.Tensor, p_tf: torch.Tensor) -> torch.Tensor:
+    """The unnormalised joint distribution of the two views' cluster assignments (eq. 7's sum).
+
+    Summing it over several processes (or chunks) before :func:`mutual_information` gives the J
+    of all their pixels together.
+
+    Args:
+        p: N x C soft cluster assignments (rows sum to 1), or G x N x C (one J per group).
+        p_tf: assignments of the same pixels in the transformed view (flip undone), shaped like ``p``.
+
+    Returns:
+        (G x) C x C: sum_n p_n p_tf_n^T, in fp32.
+    """
+    if p.shape != p_tf.shape or p.dim() not in (2, 3):
+        raise ValueError(
+            f"p and p_tf must both be N x C or G x N x C; got {tuple(p.shape)} and {tuple(p_tf.shape)}."
+        )
+    return _fp32(p).transpose(-1, -2) @ _fp32(p_tf)
+
+
+@_without_autocast
+def mutual_information(joint: torch.Tensor, eps: float = sys.float_info.epsilon) -> torch.Tensor:
+    """-I(J) of an unnormalised joint distribution (eq. 8), as IIC's reference ``IID_loss``.
+
+    Args:
+        joint: (G x) C x C, e.g. from :func:`joint_distribution`; symmetrised and normalised here.
+        eps: values of J and its marginals below it are clamped to it.
+
+    Returns:
+        scalar: -sum_cc' J_cc' (ln J_cc' - ln J_c - ln J_c'), averaged over the G groups.
+    """
+    joint = _fp32(joint)
+    joint = (joint + joint.transpose(-1, -2)) / 2
+    joint = joint / joint.sum(dim=(-2, -1), keepdim=True)
+    p_i = joint.sum(dim=-1, keepdim=True).clamp(min=eps)  # (G x) C x 1
+    p_j = joint.sum(dim=-2, keepdim=True).clamp(min=eps)  # (G x) 1 x C
+    joint = joint.clamp(min=eps)
+    return -(joint * (joint.log() - p_i.log() - p_j.log())).sum(dim=(-2, -1)).mean()
+
+
 def mutual_information_loss(p: torch.Tensor, p_tf: torch.Tensor, eps: float = sys.float_info.epsilon) -> torch.Tensor:
     """IIC's invariant-information loss (paper eq. 6-8), equal to IIC's reference ``IID_loss``.
 
@@ -83,14 +154,4 @@ def mutual_information_loss(p: torch.Tensor, p_tf: torch.Tensor, eps: float = sy
     Returns:
         scalar: -I(J) = -sum_cc' J_cc' (ln J_cc' - ln J_c - ln J_c'), averaged over the groups.
     """
-    if p.shape != p_tf.shape or p.dim() not in (2, 3):
-        raise ValueError(
-            f"p and p_tf must both be N x C or G x N x C; got {tuple(p.shape)} and {tuple(p_tf.shape)}."
-        )
-    joint = _fp32(p).transpose(-1, -2) @ _fp32(p_tf)  # (G x) C x C, sum_n p_n p_tf_n^T
-    joint = (joint + joint.transpose(-1, -2)) / 2
-    joint = joint / joint.sum(dim=(-2, -1), keepdim=True)
-    p_i = joint.sum(dim=-1, keepdim=True).clamp(min=eps)  # (G x) C x 1
-    p_j = joint.sum(dim=-2, keepdim=True).clamp(min=eps)  # (G x) 1 x C
-    joint = joint.clamp(min=eps)
-    return -(joint * (joint.log() - p_i.log() - p_j.log())).sum(dim=(-2, -1)).mean()
+    return mutual_information(joint_distribution(p, p_tf), eps)

@@ -17,12 +17,11 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
-from open_clip.loss import gather_features
 from torch import nn
 
 from .backbone.clip_vit import D2OpenCLIPViT
+from .criterion import ViLSegCriterion
 from .kmeans import kmeans
-from .losses import cross_modal_contrastive_loss, mutual_information_loss, self_distillation_loss
 from .mask_refinement import check_dilations, local_affinity, refine_masks
 from .projection_head import ViLSegProjectionHead
 from .text_encoder import ViLSegTextEncoder
@@ -32,7 +31,6 @@ __all__ = ["ViLSeg"]
 logger = logging.getLogger(__name__)
 
 INFERENCE_MODES = ("online", "kmeans", "dense")
-CLUSTER_JOINTS = ("batch", "image")
 T = TypeVar("T")
 Sizes = Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int]]
 
@@ -64,8 +62,9 @@ class ViLSeg(nn.Module):
 
     Training input: a list of dicts with ``image`` (global view, 3 x S x S uint8), ``local_crops``
     (V tensors 3 x s x s), ``transformed_image`` (g(image), 3 x S x S), ``flip`` (bool) and
-    ``caption`` (str). Returns ``{"loss_vision", "loss_cross", "loss_cluster"}``, each already
-    multiplied by its weight; a weight of 0 drops the loss and skips its computation.
+    ``caption`` (str). Returns ``{"loss_vision", "loss_cross", "loss_cluster"}`` from the
+    :class:`ViLSegCriterion`, each already multiplied by its weight in force at the training
+    iteration; a weight of 0 drops the loss and skips its computation.
 
     Inference input: Detectron2's usual dicts (``image`` 3 x H x W, optional ``height``/``width``)
     plus optionally ``vocabulary`` (list of class names) or ``dataset_name`` (its metadata's
@@ -78,6 +77,8 @@ class ViLSeg(nn.Module):
     cluster ids (dense: class ids)}``.
     """
 
+    _version = 2  # 1: DINO's center and a step count were the model's (see _load_from_state_dict)
+
     @configurable
     def __init__(
         self,
@@ -86,21 +87,12 @@ class ViLSeg(nn.Module):
         text_encoder: ViLSegTextEncoder,
         clustering_head: nn.Module,
         projection_head: ViLSegProjectionHead,
+        criterion: ViLSegCriterion,
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
-        vision_weight: float = 1.0,
-        cross_weight: float = 1.0,
-        cluster_weight: float = 1.0,
         init_logit_scale: float = 1 / 0.07,
         max_logit_scale: float = 100.0,
-        student_temp: float = 0.1,
-        teacher_temp: float = 0.07,
-        warmup_teacher_temp: float = 0.04,
-        warmup_teacher_temp_iters: int = 0,
-        center_momentum: float = 0.9,
-        aux_warmup_iters: Tuple[int, int] = (0, 0),
         detach_cluster_encoder: bool = False,
-        cluster_joint: str = "batch",
         global_pool: str = "mean",
         inference_mode: str = "online",
         kmeans_iters: int = 20,
@@ -119,20 +111,10 @@ class ViLSeg(nn.Module):
             text_encoder: the open_clip text tower.
             clustering_head: Phi_c, e.g. :class:`ViLSegClusteringHead`.
             projection_head: Phi_a.
+            criterion: the objectives, their weights and state (:class:`ViLSegCriterion`).
             pixel_mean, pixel_std: per-channel normalisation in the input's channel order.
-            vision_weight, cross_weight, cluster_weight: loss weights (0 ablates).
             init_logit_scale, max_logit_scale: CLIP's learnable 1/tau, initial value and clamp.
-            student_temp, teacher_temp, warmup_teacher_temp, warmup_teacher_temp_iters: DINO
-                temperatures; the teacher's rises linearly from ``warmup_teacher_temp``.
-            center_momentum: EMA momentum of the teacher center.
-            aux_warmup_iters: (start, end): L_vision and L_cluster are left out before training
-                step ``start`` and their weights then grow linearly to full at ``end``, so that
-                the cross-modal contrast leaves chance first; (0, 0) = full weight from the start.
             detach_cluster_encoder: stop L_cluster's gradient at the encoder.
-            cluster_joint: "batch": L_cluster's joint distribution J sums over all the
-                minibatch's pixels (paper eq. 7); "image": one J per image, and the mean of
-                their losses, so that the clusters must tell apart the pixels of each image
-                rather than the images of the batch.
             global_pool: "mean" of the pixel embeddings (paper) or "cls".
             inference_mode: "online", "kmeans" or "dense".
             kmeans_iters, kmeans_seed: the K-means baseline's settings.
@@ -155,34 +137,18 @@ class ViLSeg(nn.Module):
         super().__init__()
         if global_pool not in ("mean", "cls"):
             raise ValueError(f"MODEL.VILSEG.GLOBAL_POOL must be 'mean' or 'cls', got {global_pool!r}.")
-        if cluster_joint not in CLUSTER_JOINTS:
-            raise ValueError(f"MODEL.VILSEG.CLUSTER_JOINT must be one of {CLUSTER_JOINTS}, got {cluster_joint!r}.")
         if inference_mode not in INFERENCE_MODES:
             raise ValueError(f"MODEL.VILSEG.INFERENCE_MODE must be one of {INFERENCE_MODES}, got {inference_mode!r}.")
         self.backbone = backbone
         self.text_encoder = text_encoder
         self.clustering_head = clustering_head
         self.projection_head = projection_head
+        self.criterion = criterion
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
-        self.vision_weight = vision_weight
-        self.cross_weight = cross_weight
-        self.cluster_weight = cluster_weight
         self.logit_scale = nn.Parameter(torch.tensor(math.log(init_logit_scale)))
         self.max_logit_scale = max_logit_scale
-        self.student_temp = student_temp
-        self.teacher_temp = teacher_temp
-        self.warmup_teacher_temp = warmup_teacher_temp
-        self.warmup_teacher_temp_iters = warmup_teacher_temp_iters
-        start, end = (int(i) for i in aux_warmup_iters)
-        if not 0 <= start <= end:
-            raise ValueError(f"MODEL.VILSEG.AUX_WARMUP_ITERS must be (start, end) with 0 <= start <= end, got {aux_warmup_iters}.")
-        self.aux_warmup_iters = (start, end)
-        self.center_momentum = center_momentum
-        self.register_buffer("center", torch.zeros(1, projection_head.out_dim))  # DINO's teacher center
-        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))  # training steps seen
         self.detach_cluster_encoder = detach_cluster_encoder
-        self.cluster_joint = cluster_joint
         self.global_pool = global_pool
         self.inference_mode = inference_mode
         self.kmeans_iters = kmeans_iters
@@ -203,12 +169,13 @@ class ViLSeg(nn.Module):
         self._image_cache: Optional[Dict[tuple, object]] = None  # see reuse_image_features
         # An ablated branch's parameters get no gradient: freeze them (DDP needs every trainable
         # parameter to receive one).
+        weights = criterion.weight_dict
         unused = []
-        if vision_weight == 0:
+        if weights["loss_vision"] == 0:
             unused.append(self.projection_head)
-        if cluster_weight == 0:
+        if weights["loss_cluster"] == 0:
             unused.append(self.clustering_head)
-        if cross_weight == 0:
+        if weights["loss_cross"] == 0:
             unused += [self.text_encoder, self.logit_scale]
         for part in unused:
             for p in [part] if isinstance(part, nn.Parameter) else part.parameters():
@@ -233,26 +200,21 @@ class ViLSeg(nn.Module):
         if cfg.DATASETS.TEST:
             vocabulary = MetadataCatalog.get(cfg.DATASETS.TEST[0]).get("stuff_classes", None)
         v = cfg.MODEL.VILSEG
+        text_encoder = ViLSegTextEncoder(cfg)
+        init_logit_scale = v.INIT_LOGIT_SCALE
+        if cfg.MODEL.OPEN_CLIP.PRETRAINED and text_encoder.clip_logit_scale is not None:
+            init_logit_scale = text_encoder.clip_logit_scale  # the pretrained towers' own 1/tau
         return {
             "backbone": backbone,
-            "text_encoder": ViLSegTextEncoder(cfg),
+            "text_encoder": text_encoder,
             "clustering_head": build_sem_seg_head(cfg, backbone.output_shape()),
             "projection_head": ViLSegProjectionHead(cfg, in_dim=backbone.embed_dim),
+            "criterion": ViLSegCriterion(cfg),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
-            "vision_weight": v.VISION_WEIGHT,
-            "cross_weight": v.CROSS_WEIGHT,
-            "cluster_weight": v.CLUSTER_WEIGHT,
-            "init_logit_scale": v.INIT_LOGIT_SCALE,
+            "init_logit_scale": init_logit_scale,
             "max_logit_scale": v.MAX_LOGIT_SCALE,
-            "student_temp": v.STUDENT_TEMP,
-            "teacher_temp": v.TEACHER_TEMP,
-            "warmup_teacher_temp": v.WARMUP_TEACHER_TEMP,
-            "warmup_teacher_temp_iters": v.WARMUP_TEACHER_TEMP_ITERS,
-            "center_momentum": v.CENTER_MOMENTUM,
-            "aux_warmup_iters": tuple(v.AUX_WARMUP_ITERS),
             "detach_cluster_encoder": v.DETACH_CLUSTER_ENCODER,
-            "cluster_joint": v.CLUSTER_JOINT,
             "global_pool": v.GLOBAL_POOL,
             "inference_mode": v.INFERENCE_MODE,
             "kmeans_iters": v.KMEANS_ITERS,
@@ -300,96 +262,66 @@ class ViLSeg(nn.Module):
             return tokens["cls"]
         return tokens["emb"].mean(dim=(2, 3))
 
-    def _teacher_temperature(self) -> float:
-        step = int(self.num_updates)
-        if step >= self.warmup_teacher_temp_iters:
-            return self.teacher_temp
-        frac = step / max(self.warmup_teacher_temp_iters, 1)
-        return self.warmup_teacher_temp + frac * (self.teacher_temp - self.warmup_teacher_temp)
-
-    def _aux_factor(self) -> float:
-        """The share of w_vision and w_cluster in force at this step (see ``aux_warmup_iters``)."""
-        start, end = self.aux_warmup_iters
-        step = int(self.num_updates)
-        if step >= end:
-            return 1.0
-        if step < start:
-            return 0.0
-        return (step - start + 1) / (end - start + 1)
-
-    @torch.no_grad()
-    def _update_center(self, teacher_logits: torch.Tensor) -> None:
-        """center <- m * center + (1 - m) * mean of the teacher logits over the global batch."""
-        batch_sum = teacher_logits.float().sum(dim=0, keepdim=True)
-        count = torch.tensor([float(teacher_logits.shape[0])], device=batch_sum.device)
-        if comm.get_world_size() > 1:
-            torch.distributed.all_reduce(batch_sum)
-            torch.distributed.all_reduce(count)
-        self.center.mul_(self.center_momentum).add_(batch_sum / count, alpha=1 - self.center_momentum)
-
-    @staticmethod
-    def _gather(image_emb: torch.Tensor, text_emb: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """All processes' embeddings, with gradients (the global batch's negatives), as open_clip."""
-        world = comm.get_world_size()
-        if world == 1:
-            return image_emb, text_emb
-        return gather_features(
-            image_emb, text_emb, local_loss=False, gather_with_grad=True, rank=comm.get_rank(), world_size=world
-        )
-
     def forward(self, batched_inputs: List[Dict]):
         if not self.training:
             return self.inference(batched_inputs)
         return self.losses(batched_inputs)
 
-    def losses(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor]:
-        """The weighted objectives for one batch (see the class docstring for the inputs)."""
+    def losses(self, batched_inputs: List[Dict], iteration: Optional[int] = None) -> Dict[str, torch.Tensor]:
+        """The weighted objectives for one batch (see the class docstring for the inputs).
+
+        Args:
+            batched_inputs: the training dicts.
+            iteration: the training step, which sets the criterion's schedules; default: the
+                iteration of the current Detectron2 ``EventStorage`` (the trainer's ``iter``),
+                0 outside one.
+        """
+        if iteration is None:
+            iteration = _storage_iteration()
+        weights = self.criterion.weights(iteration)
         batch = len(batched_inputs)
-        aux = self._aux_factor()
-        vision_weight, cluster_weight = aux * self.vision_weight, aux * self.cluster_weight
         views = [x["image"] for x in batched_inputs]
-        if cluster_weight > 0:
+        if "loss_cluster" in weights:
             views += [x["transformed_image"] for x in batched_inputs]
         tokens = self.backbone.forward_tokens(self._normalize(views))
         global_emb = self._global_embedding(tokens)[:batch]  # B x D
-        losses: Dict[str, torch.Tensor] = {}
-
-        if self.cross_weight > 0:
-            text_emb = self.text_encoder([x["caption"] for x in batched_inputs])  # B x D
-            image_all, text_all = self._gather(global_emb, text_emb)
-            loss = cross_modal_contrastive_loss(image_all, text_all, self.scale())
-            losses["loss_cross"] = self.cross_weight * loss
-
-        if vision_weight > 0:
-            num_views = len(batched_inputs[0]["local_crops"])
-            if num_views == 0 or any(len(x["local_crops"]) != num_views for x in batched_inputs):
-                raise ValueError("Every training input needs the same, non-zero number of local_crops.")
-            crops = [x["local_crops"][v] for v in range(num_views) for x in batched_inputs]  # view-major
-            local_emb = self._global_embedding(self.backbone.forward_tokens(self._normalize(crops)))
-            student = self.projection_head(local_emb).view(num_views, batch, -1)  # V x B x P
-            teacher = self.projection_head(global_emb)  # B x P
-            loss = self_distillation_loss(
-                student, teacher, self.center, self.student_temp, self._teacher_temperature()
-            )
-            losses["loss_vision"] = vision_weight * loss
-            self._update_center(teacher.detach())
-
-        if cluster_weight > 0:
-            emb = tokens["emb"].detach() if self.detach_cluster_encoder else tokens["emb"]
-            probs = self.clustering_head({self.clustering_head.in_feature: emb})  # 2B x C x h x w
-            p, p_tf = probs[:batch], probs[batch:]
-            flips = torch.tensor([bool(x["flip"]) for x in batched_inputs], device=probs.device)
-            p_tf = torch.where(flips.view(-1, 1, 1, 1), p_tf.flip(-1), p_tf)  # undo g's flip
-            # B x hw x C pixel assignments, one group per image, or all in one group.
-            shape = (batch, -1, probs.shape[1]) if self.cluster_joint == "image" else (-1, probs.shape[1])
-            loss = mutual_information_loss(
-                p.permute(0, 2, 3, 1).reshape(shape), p_tf.permute(0, 2, 3, 1).reshape(shape)
-            )
-            losses["loss_cluster"] = cluster_weight * loss
-
+        outputs: Dict[str, torch.Tensor] = {}
+        if "loss_cross" in weights:
+            outputs["image_emb"] = global_emb
+            outputs["text_emb"] = self.text_encoder([x["caption"] for x in batched_inputs])  # B x D
+            outputs["logit_scale"] = self.scale()
+        if "loss_vision" in weights:
+            outputs["student"], outputs["teacher"] = self._projected_views(batched_inputs, global_emb)
+        if "loss_cluster" in weights:
+            outputs["clusters"], outputs["clusters_tf"] = self._cluster_views(batched_inputs, tokens["emb"])
+        losses = self.criterion(outputs, iteration)
         self._log_scalars()
-        self.num_updates += 1
         return losses
+
+    def _projected_views(self, batched_inputs: List[Dict], global_emb: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Phi_a of the local views (student, V x B x P) and of the global view (teacher, B x P)."""
+        batch = len(batched_inputs)
+        num_views = len(batched_inputs[0]["local_crops"])
+        if num_views == 0 or any(len(x["local_crops"]) != num_views for x in batched_inputs):
+            raise ValueError("Every training input needs the same, non-zero number of local_crops.")
+        crops = [x["local_crops"][v] for v in range(num_views) for x in batched_inputs]  # view-major
+        local_emb = self._global_embedding(self.backbone.forward_tokens(self._normalize(crops)))
+        student = self.projection_head(local_emb).view(num_views, batch, -1)
+        return student, self.projection_head(global_emb)
+
+    def _cluster_views(self, batched_inputs: List[Dict], emb: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Phi_c of the image and of g(image) with g's flip undone: two B x C x h x w.
+
+        Args:
+            emb: 2B x D x h x w pixel embeddings of the images, then of their transformed views.
+        """
+        batch = len(batched_inputs)
+        if self.detach_cluster_encoder:
+            emb = emb.detach()
+        probs = self.clustering_head({self.clustering_head.in_feature: emb})  # 2B x C x h x w
+        p, p_tf = probs[:batch], probs[batch:]
+        flips = torch.tensor([bool(x["flip"]) for x in batched_inputs], device=probs.device)
+        return p, torch.where(flips.view(-1, 1, 1, 1), p_tf.flip(-1), p_tf)
 
     def _log_scalars(self) -> None:
         try:
@@ -397,8 +329,15 @@ class ViLSeg(nn.Module):
         except AssertionError:  # not inside a trainer
             return
         storage.put_scalar("logit_scale", float(self.scale().detach()), smoothing_hint=False)
-        storage.put_scalar("teacher_temp", self._teacher_temperature(), smoothing_hint=False)
-        storage.put_scalar("aux_weight_factor", self._aux_factor(), smoothing_hint=False)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        # Version 1 (before the criterion had its own module) kept DINO's center as ``center``
+        # and a step count ``num_updates`` (the trainer's iteration now drives the schedules).
+        if local_metadata.get("version", 1) < 2:
+            if prefix + "center" in state_dict:
+                state_dict[prefix + "criterion.center"] = state_dict.pop(prefix + "center")
+            state_dict.pop(prefix + "num_updates", None)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     # ------------------------------------------------------------------ inference
 
@@ -664,6 +603,14 @@ class ViLSeg(nn.Module):
             background[0] = 1.0
             probs = torch.where(is_bg, background, probs)
         return probs
+
+
+def _storage_iteration() -> int:
+    """The iteration of the current Detectron2 EventStorage (the trainer's ``iter``), else 0."""
+    try:
+        return int(get_event_storage().iter)
+    except AssertionError:  # not inside a trainer
+        return 0
 
 
 def _to_output(maps: torch.Tensor, sizes: Sizes) -> torch.Tensor:

@@ -63,7 +63,8 @@ class ViLSegTextEncoder(nn.Module):
     def __init__(self, *, clip: nn.Module, tokenizer: Callable, templates: str = "single", freeze: bool = False):
         """
         Args:
-            clip: an open_clip CLIP model; its visual tower and logit scale are dropped.
+            clip: an open_clip CLIP model; its visual tower and logit scale are dropped (the
+                logit scale's value stays readable as :attr:`clip_logit_scale`).
             tokenizer: the matching open_clip tokenizer (``open_clip.get_tokenizer(name)``).
             templates: a key of :data:`PROMPT_TEMPLATES`.
             freeze: no gradients for the text tower.
@@ -71,6 +72,9 @@ class ViLSegTextEncoder(nn.Module):
         super().__init__()
         if templates not in PROMPT_TEMPLATES:
             raise ValueError(f"MODEL.VILSEG.TEXT.TEMPLATES must be one of {sorted(PROMPT_TEMPLATES)}, got {templates!r}.")
+        scale = getattr(clip, "logit_scale", None)
+        # exp of the tower's learnt logit scale (what a pretrained checkpoint brings), or None
+        self.clip_logit_scale = float(scale.detach().exp()) if isinstance(scale, torch.Tensor) else None
         for name in ("visual", "logit_scale", "logit_bias"):
             if hasattr(clip, name):
                 delattr(clip, name)
