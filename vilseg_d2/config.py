@@ -77,9 +77,10 @@ def add_vilseg_config(cfg: CN) -> None:
     cfg.MODEL.VILSEG.AUX_WARMUP_ITERS = (0, 0)
     # Clustering: True stops L_cluster's gradient at the encoder (head-only training).
     cfg.MODEL.VILSEG.DETACH_CLUSTER_ENCODER = False
-    # L_cluster's joint distribution J: "batch" = over all pixels of the minibatch (paper eq. 7);
+    # L_cluster's joint distribution J sums over: "global" = every pixel of the minibatch on every
+    # process (paper eq. 7; the same on 1, 8 or 48 GPUs); "batch" = this process's pixels only;
     # "image" = one J per image, the loss averaged over the images.
-    cfg.MODEL.VILSEG.CLUSTER_JOINT = "batch"
+    cfg.MODEL.VILSEG.CLUSTER_JOINT = "global"
 
     # Inference.
     cfg.MODEL.VILSEG.INFERENCE_MODE = "online"  # "online" | "kmeans" | "dense"
@@ -141,7 +142,8 @@ def add_vilseg_config(cfg: CN) -> None:
     cfg.SOLVER.CLUSTER_HEAD_LR_MULTIPLIER = 1.0
     cfg.SOLVER.BETAS = (0.9, 0.98)
     cfg.SOLVER.EPS = 1e-6
-    # "bf16" | "fp16" (CUDA only) for the AMP autocast dtype; enable with SOLVER.AMP.ENABLED.
+    # "bf16" | "fp16" for the AMP autocast dtype, on CUDA or CPU; enable with SOLVER.AMP.ENABLED.
+    # fp16 adds a GradScaler (checkpointed with the trainer).
     cfg.SOLVER.AMP.DTYPE = "bf16"
     # Training metrics (metrics.json, TensorBoard) are written every LOG_PERIOD iterations, each
     # line the median of the LOG_PERIOD iterations since the last one (1 = every iteration's value).
@@ -154,9 +156,17 @@ def add_vilseg_config(cfg: CN) -> None:
 
 
 def get_vilseg_cfg(config_file: str = "", opts=()) -> CN:
-    """A Detectron2 config with ViL-Seg's keys, ``config_file`` and ``opts`` merged in, and
-    ``MODEL.DEVICE`` set to "cpu" when it asks for CUDA on a machine without it. Not frozen."""
-    import torch
+    """A Detectron2 config with ViL-Seg's keys, ``config_file`` and ``opts`` merged in. Not frozen.
+
+    Args:
+        config_file: a yaml config ("" = the defaults only).
+        opts: overrides, ``[KEY, VALUE, ...]``.
+
+    Raises:
+        KeyError: an override or the file names a key that does not exist.
+        RuntimeError: ``MODEL.DEVICE`` asks for CUDA (Detectron2's default, "cuda") and CUDA is
+            not available. The run is never moved to the CPU silently: pass ``MODEL.DEVICE cpu``.
+    """
     from detectron2.config import get_cfg
 
     cfg = get_cfg()
@@ -167,9 +177,24 @@ def get_vilseg_cfg(config_file: str = "", opts=()) -> CN:
         cfg.merge_from_list(list(opts))
     except (KeyError, AssertionError) as e:
         raise _unknown_key_error(cfg, str(e)) from e
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
+    _check_device_available(cfg.MODEL.DEVICE)
     return cfg
+
+
+def _check_device_available(device: str) -> None:
+    """Raise if ``device`` (a ``MODEL.DEVICE`` value) asks for CUDA on a machine without it.
+
+    Raises:
+        RuntimeError: saying to pass ``MODEL.DEVICE cpu`` to run on the CPU.
+    """
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"CUDA was requested (MODEL.DEVICE={device}) but is not available (torch "
+            f"{torch.__version__}, built for CUDA {torch.version.cuda}): check the GPU driver, "
+            f"CUDA_VISIBLE_DEVICES and the torch build, or pass MODEL.DEVICE cpu to run on CPU."
+        )
 
 
 def _all_keys(node: CN, prefix: str = "") -> list:

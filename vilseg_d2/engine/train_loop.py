@@ -28,8 +28,9 @@ def check_losses_finite(loss_dict: dict, iteration: int) -> None:
 class AutocastTrainer(SimpleTrainer):
     """:class:`SimpleTrainer` whose forward runs under ``torch.autocast``.
 
-    bf16 works on CPU and CUDA; fp16 (CUDA only) adds a ``GradScaler``. With ``dtype=None`` it
-    is a plain fp32 step. Every loss is checked for NaN/inf before the backward pass.
+    bf16 and fp16 work on CPU and CUDA; fp16 adds a ``GradScaler`` of the model's device type
+    (its state goes into the trainer's checkpoint). With ``dtype=None`` it is a plain fp32
+    step. Every loss is checked for NaN/inf before the backward pass.
 
     On CPU, attention runs on PyTorch's "math" backend: with the short token sequences of small
     configs its backward pass is far cheaper than the fused CPU kernel's (a training step of
@@ -45,10 +46,8 @@ class AutocastTrainer(SimpleTrainer):
         super().__init__(model, data_loader, optimizer, **kwargs)
         param = next(model.parameters())
         self.device_type = param.device.type
-        if dtype == torch.float16 and self.device_type != "cuda":
-            raise ValueError("SOLVER.AMP.DTYPE fp16 needs CUDA; use bf16 on CPU.")
         self.dtype = dtype
-        self.grad_scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+        self.grad_scaler = torch.amp.GradScaler(self.device_type) if dtype == torch.float16 else None
 
     def run_step(self):
         assert self.model.training, "[AutocastTrainer] model was changed to eval mode!"
