@@ -24,7 +24,7 @@ def run(args, root, out_dir):
     env = dict(os.environ, DETECTRON2_DATASETS=str(root), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file",
            os.path.join(ROOT, "configs", "vilseg_tiny.yaml"), *args,
-           "OUTPUT_DIR", str(out_dir), "SOLVER.IMS_PER_BATCH", "8", "DATALOADER.NUM_WORKERS", "0",
+           "OUTPUT_DIR", str(out_dir), "MODEL.DEVICE", "cpu", "SOLVER.IMS_PER_BATCH", "8", "DATALOADER.NUM_WORKERS", "0",
            "INPUT.VILSEG.NUM_LOCAL_CROPS", "2", "SEED", "1"]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]

@@ -2,7 +2,9 @@
 """Segment your own images with any vocabulary.
 
     tools/demo.py --config-file configs/vilseg_tiny.yaml --input img.jpg more/ \\
-        --vocabulary "cat; dog; sky, clouds" --output out/ --opts MODEL.WEIGHTS model_final.pth
+        --vocabulary "cat; dog; sky, clouds" --output out/ --opts MODEL.WEIGHTS model_final.pth MODEL.DEVICE cpu
+
+(``MODEL.DEVICE cpu`` runs it on the CPU; without it the config's CUDA is required.)
 
 For each image it writes ``<name>_overlay.png`` (classes drawn by Detectron2's Visualizer),
 ``<name>_clusters.png`` (the cluster map), and one ``shares.json`` with each image's per-class

@@ -3,9 +3,11 @@
 
     tools/train_net.py --config-file configs/vilseg_vitb16.yaml --num-gpus 8
     tools/train_net.py --config-file configs/eval/vilseg_vitb16_voc_unseen.yaml --eval-only MODEL.WEIGHTS m.pth
-    tools/train_net.py --config-file configs/vilseg_tiny.yaml --resume
+    tools/train_net.py --config-file configs/vilseg_tiny.yaml --resume MODEL.DEVICE cpu
 
-Without GPUs, ``--num-gpus N`` runs N CPU processes with the gloo backend.
+Without CUDA, pass ``MODEL.DEVICE cpu`` (a config asking for CUDA on a machine without it is an
+error, not a silent switch to the CPU); ``--num-gpus N`` then runs N CPU processes with the gloo
+backend.
 """
 
 import json
@@ -31,7 +33,7 @@ def setup(args):
     # The project's own log lines (data mapper, loader switches, skipped records), like Mask2Former.
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="vilseg_d2")
     if cfg.MODEL.DEVICE == "cpu":
-        logging.getLogger("detectron2").info("No CUDA device: running on CPU.")
+        logging.getLogger("detectron2").info("MODEL.DEVICE is cpu: running on CPU.")
     return cfg
 
 
@@ -56,6 +58,7 @@ def main(args):
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
+    get_vilseg_cfg(args.config_file, args.opts)  # a bad key or device fails here, not in N workers
     launch(
         main,
         args.num_gpus,
