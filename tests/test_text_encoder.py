@@ -74,3 +74,25 @@ def test_long_captions_are_truncated_not_errors(encoder):
     with torch.no_grad():
         out = encoder(["word " * 10000, ""])
     assert out.shape == (2, 128) and torch.isfinite(out).all()
+
+
+def test_pretrained_open_clip_checkpoint_brings_both_towers_and_its_logit_scale(tmp_path):
+    import math
+
+    import open_clip
+    from detectron2.modeling import build_model
+
+    torch.manual_seed(1)
+    clip = open_clip.create_model("ViLSeg-Tiny")
+    with torch.no_grad():
+        clip.logit_scale.fill_(math.log(55.0))  # not the config's INIT_LOGIT_SCALE (40)
+    path = tmp_path / "open_clip_tiny.pt"
+    torch.save(clip.state_dict(), path)
+
+    model = build_model(tiny_cfg(MODEL__OPEN_CLIP__PRETRAINED=str(path), MODEL__CLIP_VIT__CONV_STEM=False))
+    assert float(model.scale().detach()) == pytest.approx(55.0, rel=1e-6)
+    torch.testing.assert_close(model.text_encoder.clip.token_embedding.weight, clip.token_embedding.weight)
+    torch.testing.assert_close(model.backbone.visual.transformer.resblocks[0].mlp.c_fc.weight,
+                               clip.visual.transformer.resblocks[0].mlp.c_fc.weight)  # fmt: skip
+    # from scratch (the paper): the config's value
+    assert float(build_model(tiny_cfg()).scale().detach()) == pytest.approx(40.0, rel=1e-6)
