@@ -133,18 +133,19 @@ def _cluster_step(head: nn.Module, criterion: ViLSegCriterion, emb: torch.Tensor
     return loss.detach()
 
 
-def _global_joint_worker(rank, world, port, state, emb, emb_tf, joint, out):
+def _global_joint_worker(rank, world, port, state, emb, emb_tf, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        head = nn.Conv2d(emb.shape[1], 7, 1)
-        head.load_state_dict(state)
-        ddp = DistributedDataParallel(head)  # averages the processes' gradients, as in training
         n = emb.shape[0] // world
         rows = slice(rank * n, (rank + 1) * n)
-        criterion = _criterion(weight_dict={"loss_vision": 0.0, "loss_cross": 0.0, "loss_cluster": 1.0}, cluster_joint=joint)
-        loss = _cluster_step(ddp, criterion, emb[rows], emb_tf[rows])
-        out[rank] = (loss, {k: p.grad.clone() for k, p in head.named_parameters()})
+        for joint in ("global", "batch"):
+            head = nn.Conv2d(emb.shape[1], 7, 1)
+            head.load_state_dict(state)
+            ddp = DistributedDataParallel(head)  # averages the processes' gradients, as in training
+            weights = {"loss_vision": 0.0, "loss_cross": 0.0, "loss_cluster": 1.0}
+            loss = _cluster_step(ddp, _criterion(weight_dict=weights, cluster_joint=joint), emb[rows], emb_tf[rows])
+            out[(joint, rank)] = (loss, {k: p.grad.clone() for k, p in head.named_parameters()})
     finally:
         dist.destroy_process_group()
 
@@ -162,12 +163,9 @@ def two_process_cluster_runs():
     single = _criterion(weight_dict={"loss_vision": 0.0, "loss_cross": 0.0, "loss_cluster": 1.0})
     ref_loss = _cluster_step(head, single, emb, emb_tf)
     reference = (ref_loss, {k: p.grad.clone() for k, p in head.named_parameters()})
-    runs = {}
-    for joint in ("global", "batch"):
-        out = mp.Manager().dict()
-        mp.spawn(_global_joint_worker, args=(2, _free_port(), state, emb, emb_tf, joint, out), nprocs=2, join=True)
-        runs[joint] = [out[r] for r in range(2)]
-    return reference, runs
+    out = mp.Manager().dict()
+    mp.spawn(_global_joint_worker, args=(2, _free_port(), state, emb, emb_tf, out), nprocs=2, join=True)
+    return reference, {joint: [out[(joint, r)] for r in range(2)] for joint in ("global", "batch")}
 
 
 def test_global_joint_equals_one_process_on_the_whole_batch(two_process_cluster_runs):

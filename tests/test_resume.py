@@ -43,6 +43,7 @@ def command(out_dir: Path, *extra: str) -> list[str]:
         "SOLVER.LOG_PERIOD", "1", "SOLVER.IMS_PER_BATCH", "4", "DATALOADER.NUM_WORKERS", "0",
         "INPUT.VILSEG.NUM_LOCAL_CROPS", "2",
         "MODEL.VILSEG.AUX_WARMUP_ITERS", "(1, 5)",  # the auxiliary warm-up spans the checkpoint
+        "MODEL.VILSEG.TEACHER", "ema",  # DINO's momentum teacher: its EMA state must resume too
     ]  # fmt: skip
 
 
@@ -82,10 +83,11 @@ def test_sigkill_then_resume_continues_like_an_uninterrupted_run(datasets_root, 
     for it in range(start, max(before_kill) + 1):
         assert resumed[it]["total_loss"] == pytest.approx(before_kill[it]["total_loss"], abs=1e-5, rel=0)
 
-    # same final state: weights, DINO center, optimizer moments, scheduler
+    # same final state: weights, momentum teacher, DINO center, optimizer moments, scheduler
     final = torch.load(killed_dir / "model_final.pth", map_location="cpu", weights_only=True)
     ref = torch.load(reference_dir / "model_final.pth", map_location="cpu", weights_only=True)
     torch.testing.assert_close(final["model"][center], ref["model"][center], atol=1e-6, rtol=0)
+    assert any(name.startswith("teacher.") for name in ref["model"])
     for name, value in ref["model"].items():
         torch.testing.assert_close(final["model"][name], value, atol=1e-5, rtol=0, msg=name)
     final_opt, ref_opt = (c["trainer"]["_trainer"]["optimizer"]["state"] for c in (final, ref))

@@ -70,6 +70,11 @@ def add_vilseg_config(cfg: CN) -> None:
     cfg.MODEL.VILSEG.WARMUP_TEACHER_TEMP = 0.04
     cfg.MODEL.VILSEG.WARMUP_TEACHER_TEMP_ITERS = 4000
     cfg.MODEL.VILSEG.CENTER_MOMENTUM = 0.9
+    # L_vision's teacher of the global view: "self" = the network itself, without gradient (the
+    # paper's eq. 2); "ema" = DINO's momentum teacher, an EMA of the image encoder and Phi_a whose
+    # momentum rises from TEACHER_MOMENTUM to 1 (cosine) over the iterations L_vision trains.
+    cfg.MODEL.VILSEG.TEACHER = "self"
+    cfg.MODEL.VILSEG.TEACHER_MOMENTUM = 0.996
     # (start, end): L_vision and L_cluster are left out before iteration `start`, then their
     # weights grow linearly to full at `end`. (0, 0) = all three objectives from the start. A
     # from-scratch model may need it: in configs/vilseg_tiny.yaml the auxiliary objectives at full

@@ -70,6 +70,16 @@ class _AuxViewsHook(HookBase):
         self.trainer.use_training_views(self.trainer.iter)
 
 
+class _MomentumTeacherHook(HookBase):
+    """After every step, moves L_vision's momentum teacher (``MODEL.VILSEG.TEACHER "ema"``)
+    towards the network, as DINO updates its teacher in its training loop."""
+
+    def after_step(self):
+        model = self.trainer.model
+        model = getattr(model, "module", model)  # DDP
+        model.teacher.update(model.backbone, model.projection_head, self.trainer.iter)
+
+
 class _TestMapper:
     """Detectron2's test-time DatasetMapper, plus the vocabulary the model must use."""
 
@@ -155,11 +165,14 @@ class ViLSegTrainer(DefaultTrainer):
 
     def build_hooks(self):
         """DefaultTrainer's hooks, with the writers run every ``SOLVER.LOG_PERIOD`` iterations,
-        and the switch to the auxiliary views when their objectives join."""
+        the switch to the auxiliary views when their objectives join, and the momentum
+        teacher's update (with ``MODEL.VILSEG.TEACHER "ema"``)."""
         period = int(self.cfg.SOLVER.LOG_PERIOD)
         if period < 1:
             raise ValueError(f"SOLVER.LOG_PERIOD must be >= 1, got {period}.")
-        return [_AuxViewsHook()] + [
+        model = getattr(self.model, "module", self.model)
+        teacher = [_MomentumTeacherHook()] if getattr(model, "teacher", None) is not None else []
+        return [_AuxViewsHook()] + teacher + [
             hooks.PeriodicWriter(h._writers, period=period) if isinstance(h, hooks.PeriodicWriter) else h
             for h in super().build_hooks()
         ]

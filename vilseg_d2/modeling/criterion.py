@@ -13,7 +13,13 @@ from detectron2.utils.events import get_event_storage
 from open_clip.loss import gather_features
 from torch import nn
 
-from .losses import cross_modal_contrastive_loss, joint_distribution, mutual_information, self_distillation_loss
+from .losses import (
+    cross_modal_contrastive_loss,
+    joint_distribution,
+    mutual_information,
+    self_distillation_loss,
+    self_distillation_stats,
+)
 
 __all__ = ["ViLSegCriterion", "gather_embeddings", "CLUSTER_JOINTS"]
 
@@ -170,9 +176,12 @@ class ViLSegCriterion(nn.Module):
     def loss_vision(self, outputs: Dict[str, torch.Tensor], iteration: int) -> torch.Tensor:
         """L_vision with the current center, which then moves towards this batch's teacher mean."""
         teacher = outputs["teacher"]
-        loss = self_distillation_loss(
-            outputs["student"], teacher, self.center, self.student_temp, self.teacher_temperature(iteration)
-        )
+        args = (outputs["student"], teacher, self.center, self.student_temp, self.teacher_temperature(iteration))
+        loss = self_distillation_loss(*args)
+        storage = _storage()
+        if storage is not None:  # what DINO watches for collapse (before the center moves)
+            for name, value in self_distillation_stats(*args).items():
+                storage.put_scalar(f"vision_{name}", value)
         self._update_center(teacher.detach())
         return loss
 
@@ -201,9 +210,16 @@ class ViLSegCriterion(nn.Module):
         self.center.mul_(self.center_momentum).add_(batch_sum / count, alpha=1 - self.center_momentum)
 
     def _log(self, iteration: int) -> None:
-        try:
-            storage = get_event_storage()
-        except AssertionError:  # not inside a trainer
+        storage = _storage()
+        if storage is None:
             return
         storage.put_scalar("teacher_temp", self.teacher_temperature(iteration), smoothing_hint=False)
         storage.put_scalar("aux_weight_factor", self.aux_factor(iteration), smoothing_hint=False)
+
+
+def _storage():
+    """The current Detectron2 EventStorage, or None outside a trainer."""
+    try:
+        return get_event_storage()
+    except AssertionError:
+        return None

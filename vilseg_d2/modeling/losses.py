@@ -20,6 +20,7 @@ __all__ = [
     "mutual_information_loss",
     "joint_distribution",
     "mutual_information",
+    "self_distillation_stats",
 ]
 
 Fn = TypeVar("Fn", bound=Callable)
@@ -97,6 +98,41 @@ def self_distillation_loss(
     teacher = F.softmax((_fp32(teacher_logits.detach()) - _fp32(center)) / teacher_temp, dim=-1)  # B x P
     log_student = F.log_softmax(_fp32(student_logits) / student_temp, dim=-1)  # V x B x P
     return -(teacher.unsqueeze(0) * log_student).sum(dim=-1).mean()
+
+
+@torch.no_grad()
+@_without_autocast
+def self_distillation_stats(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    center: torch.Tensor,
+    student_temp: float,
+    teacher_temp: float,
+) -> dict:
+    """What DINO's authors watch for collapse, for the arguments of :func:`self_distillation_loss`.
+
+    Returns:
+        floats: ``teacher_entropy`` (mean over the batch of H(teacher), nats; ln P = uniform,
+        0 = one-hot), ``kl`` (mean KL(teacher || student) over views and batch; the loss is
+        their sum), ``center_norm`` (L2 norm of the center), ``teacher_std`` (std over the
+        batch of the teacher logits, averaged over the P dimensions: 0 when every image
+        projects alike), ``teacher_top_share`` (share of the batch whose teacher argmax is
+        the most common one: 1 = one dimension for everything).
+    """
+    teacher = _fp32(teacher_logits)
+    log_t = F.log_softmax((teacher - _fp32(center)) / teacher_temp, dim=-1)  # B x P
+    log_s = F.log_softmax(_fp32(student_logits) / student_temp, dim=-1)  # V x B x P
+    t = log_t.exp()
+    entropy = -(t * log_t).sum(-1).mean()
+    kl = (t.unsqueeze(0) * (log_t.unsqueeze(0) - log_s)).sum(-1).mean()
+    top = log_t.argmax(-1)
+    return {
+        "teacher_entropy": float(entropy),
+        "kl": float(kl),
+        "center_norm": float(_fp32(center).norm()),
+        "teacher_std": float(teacher.std(0).mean()) if len(teacher) > 1 else 0.0,
+        "teacher_top_share": float(top.bincount().max()) / len(top),
+    }
 
 
 @_without_autocast

@@ -24,6 +24,7 @@ from .criterion import ViLSegCriterion
 from .kmeans import kmeans
 from .mask_refinement import check_dilations, local_affinity, refine_masks
 from .projection_head import ViLSegProjectionHead
+from .teacher import MomentumTeacher
 from .text_encoder import ViLSegTextEncoder
 
 __all__ = ["ViLSeg"]
@@ -93,6 +94,7 @@ class ViLSeg(nn.Module):
         init_logit_scale: float = 1 / 0.07,
         max_logit_scale: float = 100.0,
         detach_cluster_encoder: bool = False,
+        teacher: Optional[MomentumTeacher] = None,
         global_pool: str = "mean",
         inference_mode: str = "online",
         kmeans_iters: int = 20,
@@ -115,6 +117,9 @@ class ViLSeg(nn.Module):
             pixel_mean, pixel_std: per-channel normalisation in the input's channel order.
             init_logit_scale, max_logit_scale: CLIP's learnable 1/tau, initial value and clamp.
             detach_cluster_encoder: stop L_cluster's gradient at the encoder.
+            teacher: L_vision's teacher of the global view: None = the network itself without
+                gradient (the paper's eq. 2), or a :class:`MomentumTeacher` (DINO's), which a
+                training hook updates after every step.
             global_pool: "mean" of the pixel embeddings (paper) or "cls".
             inference_mode: "online", "kmeans" or "dense".
             kmeans_iters, kmeans_seed: the K-means baseline's settings.
@@ -149,6 +154,7 @@ class ViLSeg(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(init_logit_scale)))
         self.max_logit_scale = max_logit_scale
         self.detach_cluster_encoder = detach_cluster_encoder
+        self.teacher = teacher
         self.global_pool = global_pool
         self.inference_mode = inference_mode
         self.kmeans_iters = kmeans_iters
@@ -201,6 +207,13 @@ class ViLSeg(nn.Module):
             vocabulary = MetadataCatalog.get(cfg.DATASETS.TEST[0]).get("stuff_classes", None)
         v = cfg.MODEL.VILSEG
         text_encoder = ViLSegTextEncoder(cfg)
+        projection_head = ViLSegProjectionHead(cfg, in_dim=backbone.embed_dim)
+        if v.TEACHER not in ("self", "ema"):
+            raise ValueError(f"MODEL.VILSEG.TEACHER must be 'self' or 'ema', got {v.TEACHER!r}.")
+        teacher = None
+        if v.TEACHER == "ema" and v.VISION_WEIGHT > 0:
+            teacher = MomentumTeacher(backbone, projection_head, base_momentum=v.TEACHER_MOMENTUM,
+                                      start_iter=int(v.AUX_WARMUP_ITERS[0]), max_iter=cfg.SOLVER.MAX_ITER)  # fmt: skip
         init_logit_scale = v.INIT_LOGIT_SCALE
         if cfg.MODEL.OPEN_CLIP.PRETRAINED and text_encoder.clip_logit_scale is not None:
             init_logit_scale = text_encoder.clip_logit_scale  # the pretrained towers' own 1/tau
@@ -208,8 +221,9 @@ class ViLSeg(nn.Module):
             "backbone": backbone,
             "text_encoder": text_encoder,
             "clustering_head": build_sem_seg_head(cfg, backbone.output_shape()),
-            "projection_head": ViLSegProjectionHead(cfg, in_dim=backbone.embed_dim),
+            "projection_head": projection_head,
             "criterion": ViLSegCriterion(cfg),
+            "teacher": teacher,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "init_logit_scale": init_logit_scale,
@@ -283,7 +297,8 @@ class ViLSeg(nn.Module):
         views = [x["image"] for x in batched_inputs]
         if "loss_cluster" in weights:
             views += [x["transformed_image"] for x in batched_inputs]
-        tokens = self.backbone.forward_tokens(self._normalize(views))
+        images = self._normalize(views)
+        tokens = self.backbone.forward_tokens(images)
         global_emb = self._global_embedding(tokens)[:batch]  # B x D
         outputs: Dict[str, torch.Tensor] = {}
         if "loss_cross" in weights:
@@ -291,15 +306,22 @@ class ViLSeg(nn.Module):
             outputs["text_emb"] = self.text_encoder([x["caption"] for x in batched_inputs])  # B x D
             outputs["logit_scale"] = self.scale()
         if "loss_vision" in weights:
-            outputs["student"], outputs["teacher"] = self._projected_views(batched_inputs, global_emb)
+            outputs["student"], outputs["teacher"] = self._projected_views(batched_inputs, images[:batch], global_emb)
         if "loss_cluster" in weights:
             outputs["clusters"], outputs["clusters_tf"] = self._cluster_views(batched_inputs, tokens["emb"])
         losses = self.criterion(outputs, iteration)
         self._log_scalars()
         return losses
 
-    def _projected_views(self, batched_inputs: List[Dict], global_emb: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Phi_a of the local views (student, V x B x P) and of the global view (teacher, B x P)."""
+    def _projected_views(
+        self, batched_inputs: List[Dict], global_images: torch.Tensor, global_emb: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Phi_a of the local views (student, V x B x P) and of the global view (teacher, B x P).
+
+        Args:
+            global_images: B x 3 x S x S normalised global views.
+            global_emb: B x D, their embeddings e_v (the network's own teacher takes them).
+        """
         batch = len(batched_inputs)
         num_views = len(batched_inputs[0]["local_crops"])
         if num_views == 0 or any(len(x["local_crops"]) != num_views for x in batched_inputs):
@@ -307,7 +329,11 @@ class ViLSeg(nn.Module):
         crops = [x["local_crops"][v] for v in range(num_views) for x in batched_inputs]  # view-major
         local_emb = self._global_embedding(self.backbone.forward_tokens(self._normalize(crops)))
         student = self.projection_head(local_emb).view(num_views, batch, -1)
-        return student, self.projection_head(global_emb)
+        if self.teacher is None:
+            return student, self.projection_head(global_emb).detach()
+        with torch.no_grad():
+            teacher_emb = self._global_embedding(self.teacher.backbone.forward_tokens(global_images))
+            return student, self.teacher.projection_head(teacher_emb)
 
     def _cluster_views(self, batched_inputs: List[Dict], emb: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Phi_c of the image and of g(image) with g's flip undone: two B x C x h x w.
