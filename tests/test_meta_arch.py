@@ -15,7 +15,8 @@ import vilseg_d2  # noqa: F401
 from vilseg_d2 import add_vilseg_config
 from vilseg_d2.modeling import ViLSeg, ViLSegClusteringHead, ViLSegCriterion, ViLSegProjectionHead
 from vilseg_d2.modeling.losses import mutual_information_loss
-from vilseg_d2.modeling.meta_arch import _windows
+from vilseg_d2.modeling.reuse import ReusingSegmenter, reuse_image_features
+from vilseg_d2.modeling.segmenter import _windows
 
 from helpers import square_on_texture, tiny_cfg
 
@@ -286,7 +287,7 @@ def test_reused_image_features_give_the_same_segmentation(eval_model, monkeypatc
         calls = []
         real = eval_model.backbone.forward_tokens
         monkeypatch.setattr(eval_model.backbone, "forward_tokens", lambda x: calls.append(1) or real(x))
-        with eval_model.reuse_image_features():
+        with reuse_image_features(eval_model):
             for cached, expected in zip(run(), plain):
                 for a, b in zip(cached, expected):
                     assert torch.equal(a["sem_seg"], b["sem_seg"]) and torch.equal(a["clusters"], b["clusters"])
@@ -300,7 +301,7 @@ def test_reused_image_features_give_the_same_segmentation(eval_model, monkeypatc
         # once per window
         windows = len(_windows(96, 64, 32)) * len(_windows(128, 64, 32))
         assert len(calls) == len(images) * (2 + windows)
-        assert eval_model._image_cache is None  # released after the block
+        assert not isinstance(eval_model.segmenter, ReusingSegmenter)  # released after the block
         eval_model([{"image": images[0], "vocabulary": ["bg", "circle"]}])
         assert len(calls) == len(images) * (2 + windows) + 1  # outside, computed anew
         for i in range(len(images)):  # the rules matter for each image

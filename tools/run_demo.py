@@ -38,6 +38,7 @@ import vilseg_d2  # noqa: E402,F401
 from vilseg_d2.config import get_vilseg_cfg  # noqa: E402
 from vilseg_d2.data import generate_synthetic_world, register_synthetic_world  # noqa: E402
 from vilseg_d2.engine import ViLSegCheckpointer, ViLSegTrainer  # noqa: E402
+from vilseg_d2.modeling.reuse import reuse_image_features  # noqa: E402
 
 logger = logging.getLogger("vilseg_demo")
 MODES = ("online", "kmeans", "dense")
@@ -163,7 +164,7 @@ def calibrate_background(model, mode: str, pairs, classes) -> dict:
     model.inference_mode = mode
     model.eval()
     scores = {}
-    with model.reuse_image_features():  # the rules change only the scoring of each image's regions
+    with reuse_image_features(model):  # the rules change only the scoring of each image's regions
         for threshold, similarity in BACKGROUND_GRID:
             model.bg_threshold, model.bg_global_similarity = threshold, similarity
             scores[(threshold, similarity)] = mean_iou(model, pairs, classes)

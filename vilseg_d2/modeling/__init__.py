@@ -14,6 +14,7 @@ from .losses import cross_modal_contrastive_loss, mutual_information_loss, self_
 from .mask_refinement import local_affinity, refine_masks  # noqa: E402
 from .meta_arch import ViLSeg  # noqa: E402
 from .projection_head import ViLSegProjectionHead  # noqa: E402
+from .segmenter import ViLSegSegmenter  # noqa: E402
 from .teacher import MomentumTeacher  # noqa: E402
 from .text_encoder import ViLSegTextEncoder, duplicate_classes, parse_vocabulary  # noqa: E402
 
@@ -23,6 +24,7 @@ __all__ = [
     "ViLSegClusteringHead",
     "ViLSegCriterion",
     "ViLSegProjectionHead",
+    "ViLSegSegmenter",
     "MomentumTeacher",
     "ViLSegTextEncoder",
     "ViLSeg",

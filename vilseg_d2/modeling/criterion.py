@@ -21,7 +21,7 @@ from .losses import (
     self_distillation_stats,
 )
 
-__all__ = ["ViLSegCriterion", "gather_embeddings", "CLUSTER_JOINTS"]
+__all__ = ["ViLSegCriterion", "gather_embeddings", "current_storage", "CLUSTER_JOINTS"]
 
 CLUSTER_JOINTS = ("global", "batch", "image")
 
@@ -178,7 +178,7 @@ class ViLSegCriterion(nn.Module):
         teacher = outputs["teacher"]
         args = (outputs["student"], teacher, self.center, self.student_temp, self.teacher_temperature(iteration))
         loss = self_distillation_loss(*args)
-        storage = _storage()
+        storage = current_storage()
         if storage is not None:  # what DINO watches for collapse (before the center moves)
             for name, value in self_distillation_stats(*args).items():
                 storage.put_scalar(f"vision_{name}", value)
@@ -210,15 +210,15 @@ class ViLSegCriterion(nn.Module):
         self.center.mul_(self.center_momentum).add_(batch_sum / count, alpha=1 - self.center_momentum)
 
     def _log(self, iteration: int) -> None:
-        storage = _storage()
+        storage = current_storage()
         if storage is None:
             return
         storage.put_scalar("teacher_temp", self.teacher_temperature(iteration), smoothing_hint=False)
         storage.put_scalar("aux_weight_factor", self.aux_factor(iteration), smoothing_hint=False)
 
 
-def _storage():
-    """The current Detectron2 EventStorage, or None outside a trainer."""
+def current_storage():
+    """The current Detectron2 EventStorage (a trainer's), or None outside one."""
     try:
         return get_event_storage()
     except AssertionError:

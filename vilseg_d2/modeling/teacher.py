@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Optional
 
 import torch
 from torch import nn
@@ -40,6 +41,17 @@ class MomentumTeacher(nn.Module):
         self.base_momentum = base_momentum
         self.start_iter = start_iter
         self.max_iter = max(max_iter, start_iter + 1)
+
+    @classmethod
+    def from_config(cls, cfg, backbone: nn.Module, projection_head: nn.Module) -> Optional["MomentumTeacher"]:
+        """The teacher ``MODEL.VILSEG.TEACHER`` asks for: None for "self" (or without L_vision)."""
+        v = cfg.MODEL.VILSEG
+        if v.TEACHER not in ("self", "ema"):
+            raise ValueError(f"MODEL.VILSEG.TEACHER must be 'self' or 'ema', got {v.TEACHER!r}.")
+        if v.TEACHER == "self" or v.VISION_WEIGHT == 0:
+            return None
+        return cls(backbone, projection_head, base_momentum=v.TEACHER_MOMENTUM, start_iter=int(v.AUX_WARMUP_ITERS[0]),
+                   max_iter=cfg.SOLVER.MAX_ITER)  # fmt: skip
 
     def momentum(self, iteration: int) -> float:
         """The EMA momentum of the update after training step ``iteration`` (0 = copy)."""

@@ -1,0 +1,324 @@
+"""``ViLSegSegmenter``: ViL-Seg's inference, from pixel embeddings and a vocabulary to class maps.
+
+The three modes (``online``: the clustering head, the paper; ``kmeans``: per-image K-means, the
+paper's offline baseline; ``dense``: per-pixel matching, "CLIP + Seg"), region pooling, the
+background rules, sliding windows and mask refinement. It holds settings only: the networks it
+needs come in a :class:`PixelEncoder` at each call, so it can also segment embeddings computed
+elsewhere (:meth:`ViLSegSegmenter.embedding_regions` + :meth:`ViLSegSegmenter.score`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.modeling.postprocessing import sem_seg_postprocess
+from detectron2.structures import ImageList
+
+from .kmeans import kmeans
+from .mask_refinement import check_dilations, local_affinity, refine_masks
+
+__all__ = ["ViLSegSegmenter", "PixelEncoder", "ImageRegions", "INFERENCE_MODES"]
+
+INFERENCE_MODES = ("online", "kmeans", "dense")
+Sizes = Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int]]
+
+
+class PixelEncoder(NamedTuple):
+    """What segmenting takes from the model.
+
+    Attributes:
+        embed: 1 x 3 x Hp x Wp normalised image (sides multiples of ``patch``) -> 1 x D x h x w
+            pixel embeddings e_pxl.
+        cluster_logits: 1 x D x h x w embeddings -> C x h x w logits of the clustering head.
+        patch: the backbone's stride.
+        logit_scale: 1/tau, the scale of the cosine similarities with the text.
+    """
+
+    embed: Callable[[torch.Tensor], torch.Tensor]
+    cluster_logits: Callable[[torch.Tensor], torch.Tensor]
+    patch: int
+    logit_scale: Union[torch.Tensor, float]
+
+
+class ImageRegions(NamedTuple):
+    """An image's vocabulary- and rule-independent inference features.
+
+    Attributes:
+        image_emb: D, the unit-norm image embedding e_v (mean of the pixel embeddings).
+        sizes: ((Hp, Wp) padded input, (H, W) input, (height, width) output).
+        emb: hw x D unit-norm pixel embeddings ("dense" only).
+        grid: (h, w) token grid ("dense" only).
+        region: C x D unit-norm region embeddings ("online", "kmeans").
+        assign: height x width long cluster ids ("online", "kmeans").
+    """
+
+    image_emb: torch.Tensor
+    sizes: Sizes
+    emb: Optional[torch.Tensor] = None
+    grid: Optional[Tuple[int, int]] = None
+    region: Optional[torch.Tensor] = None
+    assign: Optional[torch.Tensor] = None
+
+
+class ViLSegSegmenter:
+    """Segments an image against a vocabulary's text embeddings (see the module docstring).
+
+    ``segment(image, text, encoder, output_size)`` returns (K x height x width class
+    probabilities, height x width long cluster ids; "dense": the class ids). With mask
+    refinement, the probabilities are the refined label map's class vote shares.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        mode: str = "online",
+        num_clusters: int = 25,
+        kmeans_iters: int = 20,
+        kmeans_seed: int = 0,
+        bg_threshold: float = 0.0,
+        bg_global_similarity: float = 0.0,
+        window_size: int = 0,
+        window_stride: int = 0,
+        refine_iters: int = 0,
+        refine_dilations: Sequence[int] = (1, 2, 4, 8, 12, 24),
+    ):
+        """
+        Args:
+            mode: "online", "kmeans" or "dense".
+            num_clusters, kmeans_iters, kmeans_seed: the K-means baseline's settings (C as the
+                clustering head's).
+            bg_threshold: > 0 makes class 0 of the vocabulary the background: it is not matched
+                by text, and gets every pixel whose best class probability is below the threshold.
+            bg_global_similarity: > 0 also makes class 0 the background, and gives it every
+                pixel ("dense") or region ("online", "kmeans") whose embedding has at least this
+                cosine similarity with the image's embedding (the mean of its pixel embeddings,
+                e_v of the paper). Training matches e_v to the caption, and the background,
+                most of the image, carries that image-level summary; objects stand out from it.
+            window_size, window_stride: > 0 segments images larger than the window window by
+                window, averaging the class probabilities where windows overlap (stride 0: two
+                thirds of the window).
+            refine_iters, refine_dilations: > 0 refines the label map of the whole (stitched)
+                image with that many steps of pixel-adaptive mask refinement
+                (:func:`refine_masks`, PAMR with TCL's steps and dilations) at the input's size.
+        """
+        if mode not in INFERENCE_MODES:
+            raise ValueError(f"MODEL.VILSEG.INFERENCE_MODE must be one of {INFERENCE_MODES}, got {mode!r}.")
+        if refine_iters < 0:
+            raise ValueError(f"MODEL.VILSEG.REFINE_ITERS must be >= 0, got {refine_iters}.")
+        try:
+            check_dilations(refine_dilations)
+        except ValueError as e:
+            raise ValueError(f"MODEL.VILSEG.REFINE_DILATIONS: {e}") from None
+        self.mode = mode
+        self.num_clusters = num_clusters
+        self.kmeans_iters = kmeans_iters
+        self.kmeans_seed = kmeans_seed
+        self.bg_threshold = bg_threshold
+        self.bg_global_similarity = bg_global_similarity
+        self.window_size = window_size
+        self.window_stride = window_stride or max(window_size * 2 // 3, 1)
+        self.refine_iters = refine_iters
+        self.refine_dilations = tuple(int(d) for d in refine_dilations)
+
+    @classmethod
+    def from_config(cls, cfg):
+        v = cfg.MODEL.VILSEG
+        return {
+            "mode": v.INFERENCE_MODE,
+            "num_clusters": v.NUM_CLUSTERS,
+            "kmeans_iters": v.KMEANS_ITERS,
+            "kmeans_seed": v.KMEANS_SEED,
+            "bg_threshold": v.BG_THRESHOLD,
+            "bg_global_similarity": v.BG_GLOBAL_SIMILARITY,
+            "window_size": v.SLIDING_WINDOW_SIZE,
+            "window_stride": v.SLIDING_WINDOW_STRIDE,
+            "refine_iters": v.REFINE_ITERS,
+            "refine_dilations": tuple(v.REFINE_DILATIONS),
+        }
+
+    @property
+    def has_background(self) -> bool:
+        """Whether class 0 of a vocabulary is the background, found without its text."""
+        return self.bg_threshold > 0 or self.bg_global_similarity > 0
+
+    def segment(
+        self, image: torch.Tensor, text: torch.Tensor, encoder: PixelEncoder, output_size: Tuple[int, int]
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Segment one image, refined if ``refine_iters`` > 0.
+
+        Args:
+            image: 3 x H x W normalised image.
+            text: K' x D unit-norm class embeddings (K' = K - 1 with the background rules).
+            encoder: the model's networks.
+            output_size: (height, width) of the result.
+        """
+        if not self.refine_iters:
+            return self.segment_windows(image, text, encoder, output_size)
+        H, W = image.shape[-2:]  # refined at the input's size, where image and maps align
+        sem_seg, clusters = self.segment_windows(image, text, encoder, (H, W))
+        affinity = self.affinity(image)
+        sem_seg = refine_masks(image, sem_seg, iterations=self.refine_iters, dilations=self.refine_dilations,
+                               affinity=affinity)  # fmt: skip
+        if self.mode == "dense":  # its "clusters" are the class ids
+            clusters = sem_seg.argmax(0)
+        if tuple(output_size) != (H, W):
+            sem_seg = sem_seg_postprocess(sem_seg, (H, W), *output_size)
+            clusters = _resize_ids(clusters, output_size)
+        return sem_seg, clusters
+
+    def affinity(self, image: torch.Tensor) -> torch.Tensor:
+        """The refinement's colour affinities of a normalised 3 x H x W image."""
+        return local_affinity(image, dilations=self.refine_dilations)
+
+    def segment_windows(
+        self, image: torch.Tensor, text: torch.Tensor, encoder: PixelEncoder, output_size: Tuple[int, int]
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Segment one normalised image (3 x H x W), whole or window by window; no refinement.
+
+        The clustering modes resize their C cluster logits to ``output_size`` and then look up
+        the class scores, rather than resizing K score maps (Detectron2's ``sem_seg_postprocess``).
+        """
+        H, W = image.shape[-2:]
+        output_size = tuple(output_size)
+        size, stride = self.window_size, self.window_stride
+        if size <= 0 or (H <= size and W <= size):
+            return self.score(self.image_regions(image, encoder, output_size), text, encoder.logit_scale)
+        scores = None
+        count = image.new_zeros(1, H, W)
+        clusters = torch.zeros(H, W, dtype=torch.long, device=image.device)
+        for y0, y1 in _windows(H, size, stride):
+            for x0, x1 in _windows(W, size, stride):
+                window = image[:, y0:y1, x0:x1]
+                s, c = self.score(self.image_regions(window, encoder, (y1 - y0, x1 - x0)), text, encoder.logit_scale)
+                if scores is None:
+                    scores = s.new_zeros(s.shape[0], H, W)
+                scores[:, y0:y1, x0:x1] += s
+                count[:, y0:y1, x0:x1] += 1
+                clusters[y0:y1, x0:x1] = c
+        scores = scores / count
+        if output_size != (H, W):
+            scores = sem_seg_postprocess(scores, (H, W), *output_size)
+            clusters = _resize_ids(clusters, output_size)
+        return scores, clusters
+
+    def image_regions(self, image: torch.Tensor, encoder: PixelEncoder, output_size: Tuple[int, int]) -> ImageRegions:
+        """Pad a normalised 3 x H x W image to the patch, embed it, and find its regions."""
+        padded = ImageList.from_tensors([image], size_divisibility=encoder.patch).tensor  # 1 x 3 x Hp x Wp
+        emb = encoder.embed(padded).float()  # 1 x D x h x w
+        sizes = (tuple(padded.shape[-2:]), tuple(image.shape[-2:]), tuple(output_size))
+        logits = encoder.cluster_logits(emb).float() if self.mode == "online" else None
+        return self.embedding_regions(emb, sizes, logits)
+
+    def embedding_regions(
+        self, emb: torch.Tensor, sizes: Sizes, cluster_logits: Optional[torch.Tensor] = None
+    ) -> ImageRegions:
+        """What segmenting an image takes that neither the vocabulary nor the background rules
+        change: the pixel embeddings ("dense"), or the regions ("online", "kmeans").
+
+        Args:
+            emb: 1 x D x h x w pixel embeddings.
+            sizes: ((Hp, Wp) padded input, (H, W) input, (height, width) output).
+            cluster_logits: C x h x w clustering-head logits ("online" only).
+        """
+        h, w = emb.shape[-2:]
+        emb_flat = F.normalize(emb[0].flatten(1).t(), dim=-1)  # hw x D
+        image_emb = F.normalize(emb[0].mean(dim=(1, 2)), dim=0)  # D, e_v
+        if self.mode == "dense":
+            return ImageRegions(image_emb=image_emb, sizes=sizes, emb=emb_flat, grid=(h, w))
+        if self.mode == "kmeans":  # on the unit-norm embeddings; logits = -squared distance to the centroids
+            _, centroids = kmeans(emb_flat, self.num_clusters, self.kmeans_iters, self.kmeans_seed)
+            cluster_logits = -torch.cdist(emb_flat, centroids).pow(2).t().reshape(-1, h, w)
+        num_clusters = cluster_logits.shape[0]
+        # Region features (paper: e_rgn = mean of e_pxl over M_c), from token-level assignments;
+        # a cluster that only wins after upsampling falls back to its soft-weighted mean.
+        token_assign = cluster_logits.flatten(1).max(0).indices  # hw
+        weights = F.one_hot(token_assign, num_clusters).float()  # hw x C
+        empty = weights.sum(0) == 0
+        weights[:, empty] = cluster_logits.flatten(1).t().softmax(-1)[:, empty]
+        region = F.normalize(weights.t() @ emb_flat, dim=-1)  # C x D
+        # Pixel-level assignment from the upsampled cluster logits; each pixel takes its region's scores.
+        assign = _to_output(cluster_logits, sizes).max(0).indices  # height x width
+        return ImageRegions(image_emb=image_emb, sizes=sizes, region=region, assign=assign)
+
+    def score(
+        self, regions: ImageRegions, text: torch.Tensor, logit_scale: Union[torch.Tensor, float]
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Score an image's pixels or regions against the vocabulary, with the background rules.
+
+        Args:
+            regions: from :meth:`embedding_regions`.
+            text: K' x D unit-norm class embeddings.
+            logit_scale: 1/tau.
+
+        Returns:
+            (K x height x width class probabilities, height x width long cluster ids; for
+            "dense", the class ids).
+        """
+        sizes = regions.sizes
+        if self.mode == "dense":
+            emb, grid = regions.emb, regions.grid
+            logits = (logit_scale * (emb @ text.t())).t().reshape(-1, *grid)  # K' x h x w
+            similarity = None
+            if self.bg_global_similarity > 0:
+                similarity = _to_output((emb @ regions.image_emb).view(1, *grid), sizes)[0]  # height x width
+            probs = self.with_background(_to_output(logits, sizes).softmax(0), similarity)
+            return probs, probs.max(0).indices
+
+        region = regions.region
+        region_probs = (logit_scale * region @ text.t()).softmax(-1).t()  # K' x C
+        region_probs = self.with_background(region_probs, region @ regions.image_emb)  # K x C
+        # Written pixel-major (height x width x K, returned as a K x height x width view): a row copy
+        # per pixel instead of a strided gather per class, and argmax over the classes, which is
+        # what every consumer does, reads contiguous memory. Measured at 448 x 448 with K = 1000:
+        # 0.48 s against 0.65 s to write, 0.14 s against 0.73 s for the evaluator's argmax.
+        scores = F.embedding(regions.assign, region_probs.t()).permute(2, 0, 1)  # K x height x width view
+        return scores, regions.assign
+
+    def with_background(self, probs: torch.Tensor, image_similarity: Optional[torch.Tensor]) -> torch.Tensor:
+        """Prepend the background (class 0) when the rules are on.
+
+        Args:
+            probs: K' x N... probabilities of the named classes.
+            image_similarity: N..., cosine similarity of each pixel / region with e_v (needed
+                only with ``bg_global_similarity``).
+
+        Returns:
+            probs (no background), or K x N...: class 0 scores ``bg_threshold``, and pixels or
+            regions at ``bg_global_similarity`` or above are background with probability 1.
+        """
+        if not self.has_background:
+            return probs
+        bg = probs.new_full((1,) + probs.shape[1:], self.bg_threshold)
+        probs = torch.cat([bg, probs], dim=0)
+        if self.bg_global_similarity > 0:
+            is_bg = image_similarity >= self.bg_global_similarity
+            background = probs.new_zeros((len(probs),) + (1,) * is_bg.dim())
+            background[0] = 1.0
+            probs = torch.where(is_bg, background, probs)
+        return probs
+
+
+def _to_output(maps: torch.Tensor, sizes: Sizes) -> torch.Tensor:
+    """N x h x w token-grid maps -> N x height x width: upsampled to the padded image, the padding
+    cropped, then resized to the output size. ``sizes``: ((Hp, Wp), (H, W), (height, width))."""
+    padded, (H, W), output_size = sizes
+    up = F.interpolate(maps[None], size=padded, mode="bilinear", align_corners=False)[0]
+    return up[:, :H, :W] if output_size == (H, W) else sem_seg_postprocess(up, (H, W), *output_size)
+
+
+def _resize_ids(ids: torch.Tensor, output_size: Tuple[int, int]) -> torch.Tensor:
+    """An H x W id map resized (nearest) to ``output_size``."""
+    return F.interpolate(ids[None, None].float(), size=tuple(output_size), mode="nearest")[0, 0].long()
+
+
+def _windows(length: int, size: int, stride: int) -> List[Tuple[int, int]]:
+    """[start, end) windows of at most ``size`` every ``stride`` covering [0, length); the last
+    one stops at the border (shorter, not shifted back), so no area is processed twice for nothing."""
+    starts = [0]
+    while starts[-1] + size < length:
+        starts.append(starts[-1] + stride)
+    return [(s, min(s + size, length)) for s in starts]
