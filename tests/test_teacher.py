@@ -62,3 +62,15 @@ def test_collapse_statistics():
     one_hot = torch.eye(8)[:4] * 10
     sharp = self_distillation_stats(one_hot.expand(2, 4, 8), one_hot, torch.zeros(8), 0.1, 0.04)
     assert sharp["teacher_entropy"] < 1e-3 and sharp["kl"] < 1e-3 and sharp["teacher_top_share"] == 0.25
+
+
+def test_teacher_starts_as_the_network_of_a_checkpoint_without_one():
+    torch.manual_seed(0)
+    trained = build_model(tiny_cfg())  # the paper's teacher: no teacher weights in its state dict
+    with torch.no_grad():
+        trained.projection_head.last_layer.weight.add_(1.0)
+    model = build_model(tiny_cfg(MODEL__VILSEG__TEACHER="ema"))
+    model.load_state_dict(trained.state_dict())
+    torch.testing.assert_close(model.teacher.projection_head.last_layer.weight, trained.projection_head.last_layer.weight)
+    for (name, t), s in zip(model.teacher.backbone.state_dict().items(), trained.backbone.state_dict().values()):
+        torch.testing.assert_close(t, s, msg=name)

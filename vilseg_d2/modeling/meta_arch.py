@@ -287,6 +287,12 @@ class ViLSeg(nn.Module):
             if prefix + "center" in state_dict:
                 state_dict[prefix + "criterion.center"] = state_dict.pop(prefix + "center")
             state_dict.pop(prefix + "num_updates", None)
+        # A checkpoint without a momentum teacher (another TEACHER, or weights to start from):
+        # the teacher starts as the checkpoint's network, as DINO's starts as the student.
+        if self.teacher is not None and not any(k.startswith(prefix + "teacher.") for k in state_dict):
+            for part in ("backbone.", "projection_head."):
+                for key in [k for k in state_dict if k.startswith(prefix + part)]:
+                    state_dict[prefix + "teacher." + key[len(prefix) :]] = state_dict[key]
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     # ------------------------------------------------------------------ inference
