@@ -48,3 +48,14 @@ def test_cluster_head_learning_rate_multiplier_follows_the_schedule():
     gamma = cfg.SOLVER.GAMMA
     assert _group_of(opt, head.weight)["lr"] == pytest.approx(10 * base * gamma)
     assert _group_of(opt, model.logit_scale)["lr"] == pytest.approx(base * gamma)
+
+
+def test_projection_head_learning_rate_multiplier():
+    cfg = tiny_cfg(SOLVER__CLUSTER_HEAD_LR_MULTIPLIER=10.0, SOLVER__PROJECTION_HEAD_LR_MULTIPLIER=30.0)
+    model = build_model(cfg)
+    opt = build_vilseg_optimizer(cfg, model)
+    base = cfg.SOLVER.BASE_LR
+    assert _group_of(opt, model.projection_head.last_layer.weight)["lr"] == pytest.approx(30 * base)
+    assert _group_of(opt, model.clustering_head.predictor.weight)["lr"] == pytest.approx(10 * base)
+    assert _group_of(opt, model.logit_scale)["lr"] == pytest.approx(base)
+    assert len(opt.param_groups) == 2 + 2 + 1  # the projection head (cosine logits) has no bias

@@ -145,6 +145,8 @@ def add_vilseg_config(cfg: CN) -> None:
     cfg.SOLVER.OPTIMIZER = "ADAMW"
     # Learning rate of the clustering head Phi_c = BASE_LR x this (it follows the same schedule).
     cfg.SOLVER.CLUSTER_HEAD_LR_MULTIPLIER = 1.0
+    # The same for the projection head Phi_a of L_vision.
+    cfg.SOLVER.PROJECTION_HEAD_LR_MULTIPLIER = 1.0
     cfg.SOLVER.BETAS = (0.9, 0.98)
     cfg.SOLVER.EPS = 1e-6
     # "bf16" | "fp16" for the AMP autocast dtype, on CUDA or CPU; enable with SOLVER.AMP.ENABLED.

@@ -19,35 +19,38 @@ def param_groups(
     *,
     base_lr: Optional[float] = None,
     cluster_head_lr_multiplier: float = 1.0,
+    projection_head_lr_multiplier: float = 1.0,
 ) -> List[Dict[str, Any]]:
     """Decay on weight matrices and conv kernels; none on norms, biases, positional / class
     embeddings and the logit scale, as CLIP and DINO train. Frozen parameters are left out.
 
     Args:
-        model: the model; its ``clustering_head`` (if any) may learn at its own rate.
+        model: the model; its ``clustering_head`` and ``projection_head`` (if any) may learn at
+            rates of their own.
         weight_decay: of the decayed group.
-        base_lr: the optimizer's learning rate (needed when the multiplier is not 1).
-        cluster_head_lr_multiplier: the clustering head's parameters get ``base_lr`` x this, in
-            groups of their own (Detectron2's schedulers scale every group's initial rate alike).
+        base_lr: the optimizer's learning rate (needed when a multiplier is not 1).
+        cluster_head_lr_multiplier, projection_head_lr_multiplier: the clustering head's (Phi_c)
+            and the projection head's (Phi_a) parameters get ``base_lr`` x this, in groups of
+            their own (Detectron2's schedulers scale every group's initial rate alike).
 
     Returns:
-        optimizer parameter groups: decayed, not decayed, then (with a multiplier) the head's
+        optimizer parameter groups: decayed, not decayed, then per head with a multiplier its
         decayed and not decayed ones.
     """
-    head = getattr(model, "clustering_head", None)
-    separate = head is not None and cluster_head_lr_multiplier != 1.0
-    if separate and base_lr is None:
-        raise ValueError("param_groups needs base_lr to apply cluster_head_lr_multiplier.")
-    head_ids = {id(p) for p in head.parameters()} if separate else set()
-    body = [{"params": [], "weight_decay": weight_decay}, {"params": [], "weight_decay": 0.0}]
-    head_lr = base_lr * cluster_head_lr_multiplier if separate else None
-    head_groups = [dict(group, params=[], lr=head_lr) for group in body] if separate else []
+    multipliers = {"clustering_head": cluster_head_lr_multiplier, "projection_head": projection_head_lr_multiplier}
+    heads = {name: m for name, m in multipliers.items() if m != 1.0 and getattr(model, name, None) is not None}
+    if heads and base_lr is None:
+        raise ValueError("param_groups needs base_lr to apply a head's learning-rate multiplier.")
+    owner = {id(p): name for name in heads for p in getattr(model, name).parameters()}
+    groups = {None: [{"params": [], "weight_decay": weight_decay}, {"params": [], "weight_decay": 0.0}]}
+    for name, m in heads.items():
+        groups[name] = [dict(group, params=[], lr=base_lr * m) for group in groups[None]]
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         no_decay = p.ndim < 2 or any(key in name for key in NO_WEIGHT_DECAY_KEYS)
-        (head_groups if id(p) in head_ids else body)[int(no_decay)]["params"].append(p)
-    return body + [group for group in head_groups if group["params"]]
+        groups[owner.get(id(p))][int(no_decay)]["params"].append(p)
+    return groups.pop(None) + [group for pair in groups.values() for group in pair if group["params"]]
 
 
 def build_vilseg_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -58,6 +61,7 @@ def build_vilseg_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer
         cfg.SOLVER.WEIGHT_DECAY,
         base_lr=cfg.SOLVER.BASE_LR,
         cluster_head_lr_multiplier=cfg.SOLVER.CLUSTER_HEAD_LR_MULTIPLIER,
+        projection_head_lr_multiplier=cfg.SOLVER.PROJECTION_HEAD_LR_MULTIPLIER,
     )
     name = cfg.SOLVER.OPTIMIZER.upper()
     if name == "ADAMW":
