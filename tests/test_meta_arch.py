@@ -264,10 +264,10 @@ def test_reused_image_features_give_the_same_segmentation(eval_model, monkeypatc
     gen = torch.Generator().manual_seed(0)
     images = [torch.randint(0, 256, (3, 96, 128), generator=gen, dtype=torch.uint8) for _ in range(2)]
     settings = [  # (refine_iters, sliding_window_size, vocabulary, output height / width)
-        (3, 0, ["bg", "circle", "star"], None),
-        (0, 0, ["bg", "circle", "star"], None),
-        (0, 0, ["bg", "heart", "ring", "cross"], (48, 80)),
-        (3, 64, ["bg", "circle", "star"], None),
+        (3, 0, ["background", "circle", "star"], None),
+        (0, 0, ["background", "circle", "star"], None),
+        (0, 0, ["background", "heart", "ring", "cross"], (48, 80)),
+        (3, 64, ["background", "circle", "star"], None),
     ]
 
     def run():
@@ -302,7 +302,7 @@ def test_reused_image_features_give_the_same_segmentation(eval_model, monkeypatc
         windows = len(_windows(96, 64, 32)) * len(_windows(128, 64, 32))
         assert len(calls) == len(images) * (2 + windows)
         assert not isinstance(eval_model.segmenter, ReusingSegmenter)  # released after the block
-        eval_model([{"image": images[0], "vocabulary": ["bg", "circle"]}])
+        eval_model([{"image": images[0], "vocabulary": ["background", "circle"]}])
         assert len(calls) == len(images) * (2 + windows) + 1  # outside, computed anew
         for i in range(len(images)):  # the rules matter for each image
             assert len({tuple(out[i]["sem_seg"].argmax(0).unique().tolist()) for out in plain[3:6]}) > 1
@@ -406,3 +406,18 @@ def test_refinement_snaps_the_token_grid_map_to_the_object(eval_model, monkeypat
         build_model(tiny_cfg(MODEL__VILSEG__REFINE_ITERS=-1))
     with pytest.raises(ValueError, match="REFINE_DILATIONS"):  # checked even while refinement is off
         build_model(tiny_cfg(MODEL__VILSEG__REFINE_DILATIONS=(0, 2)))
+
+
+def test_background_is_the_class_named_background_wherever_it_stands(eval_model, monkeypatch):
+    _object_on_background_tokens(eval_model, monkeypatch)
+    monkeypatch.setattr(eval_model, "inference_mode", "dense")
+    monkeypatch.setattr(eval_model, "bg_global_similarity", 0.9)
+    image = torch.zeros(3, 64, 64, dtype=torch.uint8)
+    first = eval_model([{"image": image, "vocabulary": ["background", "circle", "star"]}])[0]["sem_seg"]
+    last = eval_model([{"image": image, "vocabulary": ["circle", "star", "Background"]}])[0]["sem_seg"]
+    torch.testing.assert_close(last, first[[1, 2, 0]])  # the same scores, in the vocabulary's order
+    assert (last.argmax(0)[:8] == 2).all()  # the border is "Background", not the first class
+    with pytest.raises(ValueError, match="names no 'background' class"):  # never a user's class
+        eval_model([{"image": image, "vocabulary": ["star", "circle"]}])
+    monkeypatch.setattr(eval_model, "bg_global_similarity", 0.0)  # rules off: matched by its text
+    assert eval_model([{"image": image, "vocabulary": ["star", "circle"]}])[0]["sem_seg"].shape[0] == 2

@@ -91,11 +91,12 @@ def add_vilseg_config(cfg: CN) -> None:
     cfg.MODEL.VILSEG.INFERENCE_MODE = "online"  # "online" | "kmeans" | "dense"
     cfg.MODEL.VILSEG.KMEANS_ITERS = 20
     cfg.MODEL.VILSEG.KMEANS_SEED = 0
-    # Pixels whose best class probability is below this go to class 0 (the background);
-    # 0 disables it.
+    # Background rules: the vocabulary's class named "background" is not matched by its text; it
+    # gets the pixels whose best class probability is below this (0 disables it; a vocabulary
+    # without a "background" class is then an error).
     cfg.MODEL.VILSEG.BG_THRESHOLD = 0.0
-    # Pixels (dense) or regions (online, K-means) whose embedding has at least this cosine
-    # similarity with the image embedding e_v also go to class 0; 0 disables it.
+    # ... and the pixels (dense) or regions (online, K-means) whose embedding has at least this
+    # cosine similarity with the image embedding e_v; 0 disables it.
     cfg.MODEL.VILSEG.BG_GLOBAL_SIMILARITY = 0.0
     # Sliding-window inference for large images: window side in pixels (0 = whole image).
     cfg.MODEL.VILSEG.SLIDING_WINDOW_SIZE = 0

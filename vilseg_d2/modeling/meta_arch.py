@@ -20,7 +20,11 @@ from .segmenter import PixelEncoder, ViLSegSegmenter
 from .teacher import MomentumTeacher
 from .text_encoder import ViLSegTextEncoder
 
-__all__ = ["ViLSeg"]
+__all__ = ["ViLSeg", "BACKGROUND"]
+
+# The class the background rules assign (MODEL.VILSEG.BG_THRESHOLD, BG_GLOBAL_SIMILARITY): a class of
+# the vocabulary with this name, wherever it stands; the other classes are matched by their text.
+BACKGROUND = "background"
 
 
 def _segmenter_setting(name: str, doc: str) -> property:
@@ -178,7 +182,7 @@ class ViLSeg(nn.Module):
 
     @property
     def has_background(self) -> bool:
-        """Whether class 0 of a vocabulary is the background, found without its text."""
+        """Whether the background rules are on: the vocabulary's "background" class is found by them."""
         return self.segmenter.has_background
 
     def set_vocabulary(self, class_names: Sequence[str]) -> None:
@@ -309,12 +313,35 @@ class ViLSeg(nn.Module):
         results = []
         for x in batched_inputs:
             vocab = self._vocabulary(x)
-            text = self.text_encoder.class_embeddings(vocab[1:] if self.has_background else vocab)
+            background = self._background_index(vocab)
+            named = vocab if background is None else vocab[:background] + vocab[background + 1 :]
+            text = self.text_encoder.class_embeddings(named)
             image = self._normalize([inference_image(x["image"])])[0]  # 3 x H x W
             H, W = image.shape[-2:]
             sem_seg, clusters = self.segmenter.segment(image, text, encoder, (x.get("height", H), x.get("width", W)))
+            if background:  # the segmenter puts the background first: back to the vocabulary's order
+                order = list(range(1, background + 1)) + [0] + list(range(background + 1, len(vocab)))
+                sem_seg = sem_seg[order]
             results.append({"sem_seg": sem_seg, "clusters": clusters})
         return results
+
+    def _background_index(self, vocabulary: List[str]) -> Optional[int]:
+        """With the background rules on, the position of the class named "background" in the
+        vocabulary (found by the rules, not by its text); None with the rules off.
+
+        Raises:
+            ValueError: the rules are on and no class is named "background".
+        """
+        if not self.has_background:
+            return None
+        names = [c.strip().lower() for c in vocabulary]
+        if BACKGROUND not in names:
+            raise ValueError(
+                f"The background rules are on (MODEL.VILSEG.BG_THRESHOLD {self.bg_threshold}, BG_GLOBAL_SIMILARITY "
+                f"{self.bg_global_similarity}) but the vocabulary {vocabulary} names no {BACKGROUND!r} class, which "
+                f"they would assign. Add {BACKGROUND!r} to the vocabulary, or set both to 0 to match every class by text."
+            )
+        return names.index(BACKGROUND)
 
     def _vocabulary(self, x: Dict) -> List[str]:
         if x.get("vocabulary"):

@@ -91,9 +91,9 @@ class ViLSegSegmenter:
             mode: "online", "kmeans" or "dense".
             num_clusters, kmeans_iters, kmeans_seed: the K-means baseline's settings (C as the
                 clustering head's).
-            bg_threshold: > 0 makes class 0 of the vocabulary the background: it is not matched
-                by text, and gets every pixel whose best class probability is below the threshold.
-            bg_global_similarity: > 0 also makes class 0 the background, and gives it every
+            bg_threshold: > 0 adds the background as class 0 (the text embeddings are the other
+                classes'): it gets every pixel whose best class probability is below the threshold.
+            bg_global_similarity: > 0 also adds the background as class 0, and gives it every
                 pixel ("dense") or region ("online", "kmeans") whose embedding has at least this
                 cosine similarity with the image's embedding (the mean of its pixel embeddings,
                 e_v of the paper). Training matches e_v to the caption, and the background,
@@ -142,7 +142,7 @@ class ViLSegSegmenter:
 
     @property
     def has_background(self) -> bool:
-        """Whether class 0 of a vocabulary is the background, found without its text."""
+        """Whether the rules add the background (class 0 of the output), found without text."""
         return self.bg_threshold > 0 or self.bg_global_similarity > 0
 
     def segment(
