@@ -116,8 +116,9 @@ def load_demo():
     return module
 
 
-def demo_argv(inputs, out_dir, *, vocabulary: str | None = "circle; square; star", vocabulary_file=None, opts=()):
-    argv = ["--config-file", TINY_CONFIG, "--input", *map(str, inputs), "--output", str(out_dir)]
+def demo_argv(inputs, out_dir, *, vocabulary: str | None = "circle; square; star", vocabulary_file=None, opts=(),
+              weights=("--random-weights",)):  # fmt: skip
+    argv = ["--config-file", TINY_CONFIG, "--input", *map(str, inputs), "--output", str(out_dir), *weights]
     argv += ["--vocabulary", vocabulary] if vocabulary_file is None else ["--vocabulary-file", str(vocabulary_file)]
     return argv + ["--opts", "MODEL.DEVICE", "cpu", *opts]
 
@@ -165,10 +166,12 @@ def test_demo_segments_every_mode_and_size(odd_images, tmp_path, capsys, monkeyp
     for name in order[:-1]:
         s = shares[str(odd_images[name])]
         assert set(s) <= {"circle", "square", "star"} and sum(s.values()) == pytest.approx(1, abs=1e-4)
-        with Image.open(out / f"{name}_overlay.png") as overlay:  # drawn at the image's own size
-            with Image.open(odd_images[name]) as src:
-                assert overlay.size == src.size, name
-        assert (out / f"{name}_clusters.png").exists()
+        with Image.open(out / f"{name}.png") as picture, Image.open(odd_images[name]) as src:
+            # input | overlay | clusters, enlarged by a whole factor until the shorter side is >= 384
+            factor = max(1, -(-384 // min(src.size)))
+            assert picture.size == (3 * factor * src.size[0], factor * src.size[1]), name
+            panels = np.split(np.asarray(picture.convert("RGB")), 3, axis=1)
+        assert not np.array_equal(panels[0], panels[1]) and not np.array_equal(panels[0], panels[2]), name
     assert json.loads((out / "shares.json").read_text()) == shares
     err = capsys.readouterr().err
     assert "skipped " + str(odd_images["broken"]) + ": cannot read it as an image (not an image" in err
@@ -203,3 +206,23 @@ def test_demo_with_truncated_weights_names_the_file(odd_images, tmp_path):
     demo = load_demo()
     with pytest.raises(RuntimeError, match=r"Cannot read checkpoint .*half\.pth: it is truncated"):
         demo.main(demo_argv([odd_images["gray"]], tmp_path / "out", opts=["MODEL.WEIGHTS", str(cut)]))
+
+
+def test_demo_refuses_untrained_weights_unless_asked(odd_images, tmp_path, caplog):
+    demo = load_demo()
+    with pytest.raises(SystemExit, match=r"No trained weights: pass --opts MODEL.WEIGHTS"):
+        demo.main(demo_argv([odd_images["gray"]], tmp_path, weights=()))
+    with caplog.at_level("INFO"):
+        demo.main(demo_argv([odd_images["gray"]], tmp_path))
+    assert "Weights: none, an untrained model (--random-weights)" in caplog.text
+
+
+def test_demo_adds_the_background_class_the_rules_assign(odd_images, tmp_path, caplog):
+    demo = load_demo()
+    with caplog.at_level("INFO"):
+        shares = demo.main(demo_argv([odd_images["gray"]], tmp_path, vocabulary="star; circle",
+                                     opts=["MODEL.VILSEG.BG_THRESHOLD", "0.99"]))  # fmt: skip
+    assert "added the class 'background'" in caplog.text
+    share = next(iter(shares.values()))
+    # 2 named classes of an untrained model: no probability reaches 0.99, all is background, not "star"
+    assert share == {"background": pytest.approx(1.0)}

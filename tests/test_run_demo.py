@@ -11,6 +11,7 @@ from detectron2.modeling import build_model
 from helpers import ROOT, tiny_cfg
 from vilseg_d2.data.synthetic import STUFF_CLASSES
 from vilseg_d2.engine import ViLSegCheckpointer
+from vilseg_d2.visualization import cluster_panel
 
 
 def _run_demo():
@@ -71,12 +72,11 @@ def test_results_table_has_a_row_per_model_mode_and_refinement():
 
 
 def test_cluster_panel_colours_every_cluster():
-    run_demo = _run_demo()
     rgb = np.full((32, 32, 3), 128, dtype=np.uint8)
     clusters = np.zeros((32, 32), dtype=np.int64)
     clusters[8:20, 8:20] = 3  # a square without holes: drawn as a polygon
     clusters[26:, 26:] = 7
-    panel = run_demo.cluster_panel(rgb, clusters)
+    panel = cluster_panel(rgb, clusters)
     assert panel.shape == rgb.shape and panel.dtype == np.uint8
     inside = {c: panel[clusters == c].reshape(-1, 3).mean(0) for c in (0, 3, 7)}
     for c, colour in inside.items():  # every cluster is painted over the grey image ...
@@ -97,3 +97,20 @@ def test_ablation_runs_are_the_papers_table_2_columns():
     assert model.criterion.weight_dict["loss_cluster"] == 0 and not any(p.requires_grad for p in model.clustering_head.parameters())
     _, extra, modes = runs["ViL-Seg w/o L_vision"]
     assert modes == ("online",) and extra == ("MODEL.VILSEG.VISION_WEIGHT", 0.0)
+
+
+def test_eval_config_carries_the_rows_inference(tmp_path):
+    from vilseg_d2.config import get_vilseg_cfg
+
+    run_demo = _run_demo()
+    cfg = tiny_cfg(OUTPUT_DIR=str(tmp_path))
+    model = build_model(cfg)
+    model.inference_mode, model.refine_iters = "kmeans", 0
+    model.bg_threshold, model.bg_global_similarity = 0.95, 0.7
+    path = run_demo.write_eval_config(cfg, model, "eval_kmeans_unrefined")
+    assert path == str(tmp_path / "eval_kmeans_unrefined.yaml")
+    written = get_vilseg_cfg(path)  # loads as any config: no override needed to evaluate the row
+    v = written.MODEL.VILSEG
+    assert (v.INFERENCE_MODE, v.REFINE_ITERS, v.BG_THRESHOLD, v.BG_GLOBAL_SIMILARITY) == ("kmeans", 0, 0.95, 0.7)
+    assert written.MODEL.WEIGHTS == str(tmp_path / "model_final.pth") and written.MODEL.DEVICE == "cpu"
+    assert written.OUTPUT_DIR == str(tmp_path / "eval" / "eval_kmeans_unrefined")

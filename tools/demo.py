@@ -6,10 +6,16 @@
 
 (``MODEL.DEVICE cpu`` runs it on the CPU; without it the config's CUDA is required.)
 
-For each image it writes ``<name>_overlay.png`` (classes drawn by Detectron2's Visualizer),
-``<name>_clusters.png`` (the cluster map), and one ``shares.json`` with each image's per-class
-pixel shares. Classes are separated by ';' (or one per line in --vocabulary-file); commas
-within a class list synonyms.
+For each image it writes ``<name>.png`` (input | classes drawn by Detectron2's Visualizer |
+cluster map; small images enlarged so that the names fit), and one ``shares.json`` with each
+image's per-class pixel shares. Classes are separated by ';' (or one per line in
+--vocabulary-file); commas within a class list synonyms.
+
+Weights: ``MODEL.WEIGHTS`` (a checkpoint of this project, e.g. ``output/demo/train/model_final.pth``)
+or pretrained open_clip towers (``MODEL.OPEN_CLIP.PRETRAINED``); without either it stops, unless
+``--random-weights`` asks for an untrained model. With the background rules on
+(``MODEL.VILSEG.BG_THRESHOLD`` / ``BG_GLOBAL_SIMILARITY``, as the demo's config.yaml has them), a
+vocabulary without a "background" class gets one, and it says so.
 
 Images of any mode are read as RGB (grayscale and palette converted, alpha composited over
 white, 16-bit scaled to 8 bits, EXIF rotation applied); an unreadable file is skipped with a
@@ -20,22 +26,29 @@ segmented window by window with MODEL.VILSEG.SLIDING_WINDOW_SIZE).
 import argparse
 import glob
 import json
+import logging
 import os
 import sys
+
+# isort: off  (vilseg_d2 first: it fills the registries and quiets third-party import warnings)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import vilseg_d2  # noqa: E402,F401
+# isort: on
 
 import numpy as np
 from detectron2.data import Metadata
 from detectron2.utils.logger import setup_logger
-from detectron2.utils.visualizer import ColorMode, Visualizer
+from PIL import Image
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import vilseg_d2  # noqa: E402,F401
 from vilseg_d2.config import get_vilseg_cfg  # noqa: E402
 from vilseg_d2.data.image_io import decode_image  # noqa: E402
 from vilseg_d2.data.skip_tracker import BadRecordError  # noqa: E402
 from vilseg_d2.engine import ViLSegPredictor  # noqa: E402
 from vilseg_d2.modeling import duplicate_classes, parse_vocabulary  # noqa: E402
+from vilseg_d2.modeling.meta_arch import BACKGROUND  # noqa: E402
+from vilseg_d2.visualization import segmentation_panels  # noqa: E402
 
+logger = logging.getLogger("vilseg_demo")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -47,6 +60,8 @@ def get_parser():
     vocab.add_argument("--vocabulary", help='e.g. "cat; dog; sky, clouds"')
     vocab.add_argument("--vocabulary-file", help="UTF-8 text file, one class per line")
     p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--random-weights", action="store_true",
+                   help="segment with untrained weights when neither MODEL.WEIGHTS nor MODEL.OPEN_CLIP.PRETRAINED is set")  # fmt: skip
     p.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides, KEY VALUE ...")
     return p
 
@@ -94,20 +109,45 @@ def setup_cfg(args):
     cfg = get_vilseg_cfg(args.config_file, args.opts)
     cfg.DATASETS.TEST = ()
     cfg.freeze()
+    if not (cfg.MODEL.WEIGHTS or cfg.MODEL.OPEN_CLIP.PRETRAINED or args.random_weights):
+        raise SystemExit(
+            "No trained weights: pass --opts MODEL.WEIGHTS /path/to/model_final.pth (after `make demo`: "
+            "output/demo/train/model_final.pth with --config-file output/demo/train/config.yaml), or pretrained "
+            "towers with MODEL.OPEN_CLIP.PRETRAINED. --random-weights segments with an untrained model."
+        )
     return cfg
+
+
+def with_background(vocabulary: list, cfg) -> list:
+    """The vocabulary, with a "background" class first when the background rules are on and
+    it names none (the rules assign that class; they never take over a named one)."""
+    rules = cfg.MODEL.VILSEG.BG_THRESHOLD > 0 or cfg.MODEL.VILSEG.BG_GLOBAL_SIMILARITY > 0
+    if not rules or BACKGROUND in (c.strip().lower() for c in vocabulary):
+        return vocabulary
+    logger.info(
+        f"The background rules are on (MODEL.VILSEG.BG_THRESHOLD {cfg.MODEL.VILSEG.BG_THRESHOLD}, BG_GLOBAL_SIMILARITY "
+        f"{cfg.MODEL.VILSEG.BG_GLOBAL_SIMILARITY}): added the class {BACKGROUND!r} for the pixels they assign."
+    )
+    return [BACKGROUND] + vocabulary
 
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
     setup_logger(name="vilseg_demo")
+    setup_logger(name="vilseg_d2")
     vocabulary = load_vocabulary(args)
     files = list_images(args.input)
     cfg = setup_cfg(args)
+    vocabulary = with_background(vocabulary, cfg)
     predictor = ViLSegPredictor(cfg, vocabulary)
+    if cfg.MODEL.WEIGHTS:
+        logger.info(f"Weights: {cfg.MODEL.WEIGHTS}")
+    elif cfg.MODEL.OPEN_CLIP.PRETRAINED:
+        logger.info(f"Weights: open_clip {cfg.MODEL.OPEN_CLIP.MODEL_NAME} / {cfg.MODEL.OPEN_CLIP.PRETRAINED}")
+    else:
+        logger.warning("Weights: none, an untrained model (--random-weights): the segments mean nothing.")
     # Metadata of this call only (the catalog's entries cannot change: main() may run again).
     meta = Metadata(name="__vilseg_demo", stuff_classes=list(vocabulary))
-    num_ids = max(predictor.model.num_clusters, len(vocabulary))  # cluster ids ("dense": class ids)
-    cluster_meta = Metadata(name="__vilseg_demo_clusters", stuff_classes=[f"cluster {i}" for i in range(num_ids)])
     os.makedirs(args.output, exist_ok=True)
 
     shares = {}
@@ -121,9 +161,7 @@ def main(argv=None):
         labels = out["sem_seg"].argmax(0).cpu().numpy()
         clusters = out["clusters"].cpu().numpy()
         stem = os.path.splitext(os.path.basename(path))[0]
-        vis = Visualizer(rgb, meta, instance_mode=ColorMode.SEGMENTATION).draw_sem_seg(labels, alpha=0.5)
-        vis.save(os.path.join(args.output, f"{stem}_overlay.png"))
-        Visualizer(rgb, cluster_meta).draw_sem_seg(clusters, alpha=0.6).save(os.path.join(args.output, f"{stem}_clusters.png"))
+        Image.fromarray(segmentation_panels(rgb, labels, clusters, meta)).save(os.path.join(args.output, f"{stem}.png"))
         counts = np.bincount(labels.reshape(-1), minlength=len(vocabulary)) / labels.size
         shares[path] = {c: round(float(s), 6) for c, s in zip(vocabulary, counts) if s > 0}
         print(f"{path}: " + ", ".join(f"{c} {100 * s:.1f}%" for c, s in sorted(shares[path].items(), key=lambda x: -x[1])))

@@ -22,23 +22,25 @@ import os
 import sys
 import time
 
+# isort: off  (vilseg_d2 first: it fills the registries and quiets third-party import warnings)
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
+import vilseg_d2  # noqa: E402,F401
+# isort: on
+
 import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import hooks
-from detectron2.utils.colormap import colormap
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
-from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-sys.path.insert(0, ROOT)
-import vilseg_d2  # noqa: E402,F401
 from vilseg_d2.config import get_vilseg_cfg  # noqa: E402
 from vilseg_d2.data import generate_synthetic_world, register_synthetic_world  # noqa: E402
 from vilseg_d2.engine import ViLSegCheckpointer, ViLSegTrainer  # noqa: E402
 from vilseg_d2.modeling.reuse import reuse_image_features  # noqa: E402
+from vilseg_d2.visualization import segmentation_panels  # noqa: E402
 
 logger = logging.getLogger("vilseg_demo")
 MODES = ("online", "kmeans", "dense")
@@ -116,6 +118,24 @@ def train(cfg):
     return getattr(model, "module", model), time.perf_counter() - start
 
 
+def write_eval_config(cfg, model, name: str) -> str:
+    """Write ``<OUTPUT_DIR>/<name>.yaml``: the training config with the model's current inference
+    (mode, refinement, background rules) and its final weights, so that
+    ``tools/train_net.py --config-file <it> --eval-only`` evaluates the model as the demo did.
+    Returns the path."""
+    out = cfg.clone()
+    out.defrost()
+    out.MODEL.WEIGHTS = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+    out.OUTPUT_DIR = os.path.join(cfg.OUTPUT_DIR, "eval", name)
+    v = out.MODEL.VILSEG
+    v.INFERENCE_MODE, v.REFINE_ITERS = model.inference_mode, model.refine_iters
+    v.BG_THRESHOLD, v.BG_GLOBAL_SIMILARITY = model.bg_threshold, model.bg_global_similarity
+    path = os.path.join(cfg.OUTPUT_DIR, f"{name}.yaml")
+    with open(path, "w") as f:
+        f.write(out.dump())
+    return path
+
+
 def demo_runs(ablation: bool) -> dict:
     """{run name: (output subfolder, config overrides, inference modes)}: the model, and with
     ``ablation`` the paper's Table 2 ablations."""
@@ -185,22 +205,8 @@ def evaluate(cfg, model, mode: str) -> dict:
     return res
 
 
-def cluster_panel(rgb: np.ndarray, clusters: np.ndarray) -> np.ndarray:
-    """The cluster map over the image, H x W x 3 uint8: one colour per cluster id, no names.
-
-    Args:
-        rgb: H x W x 3 uint8 image.
-        clusters: H x W cluster ids (the model's ``"clusters"`` output).
-    """
-    colors = colormap(rgb=True, maximum=1)
-    vis = Visualizer(rgb, None)
-    for cluster in np.unique(clusters):
-        # area_threshold=0: every component, however small (names would only cover the map).
-        vis.draw_binary_mask(clusters == cluster, color=colors[cluster % len(colors)], alpha=0.8, area_threshold=0)
-    return vis.get_output().get_image()
-
-
 def draw_pictures(cfg, model, out_dir: str, count: int) -> None:
+    """Input | ground truth | online prediction | clusters of the first ``count`` validation images."""
     os.makedirs(out_dir, exist_ok=True)
     name = cfg.DATASETS.TEST[0]
     meta = MetadataCatalog.get(name)
@@ -211,15 +217,9 @@ def draw_pictures(cfg, model, out_dir: str, count: int) -> None:
         gt = np.asarray(Image.open(record["sem_seg_file_name"]))
         with torch.no_grad():
             out = model([{"image": torch.from_numpy(rgb.transpose(2, 0, 1).copy()), "vocabulary": meta.stuff_classes}])[0]
-        pred = out["sem_seg"].argmax(0).numpy()
-        panels = [rgb]
-        for labels in (gt, pred):
-            panels.append(Visualizer(rgb, meta, scale=1.0).draw_sem_seg(labels, alpha=0.6).get_image())
-        panels.append(cluster_panel(rgb, out["clusters"].numpy()))
+        picture = segmentation_panels(rgb, out["sem_seg"].argmax(0).numpy(), out["clusters"].numpy(), meta, truth=gt)
         stem = os.path.splitext(os.path.basename(record["file_name"]))[0]
-        Image.fromarray(np.concatenate(panels, axis=1)).resize((4 * 256, 256), Image.NEAREST).save(
-            os.path.join(out_dir, f"{stem}_image_gt_online_clusters.png")
-        )
+        Image.fromarray(picture).save(os.path.join(out_dir, f"{stem}_image_gt_online_clusters.png"))
 
 
 def results_table(metrics: dict, vilseg_cfg) -> str:
@@ -273,8 +273,12 @@ def main(argv=None):
                 model.refine_iters = iters
                 background = calibrate_background(model, mode, held_out, classes) if held_out else None
                 result = evaluate(cfg, model, mode)
-                result.update(background=background, refine_iters=iters, mode=mode)
-                metrics[run_name][mode if iters == refinements[0] else f"{mode}, unrefined"] = result
+                row = mode if iters == refinements[0] else f"{mode}_unrefined"
+                config = write_eval_config(cfg, model, f"eval_{row}")
+                if row == modes[0]:  # the model's own inference: config.yaml beside it
+                    config = write_eval_config(cfg, model, "config")
+                result.update(background=background, refine_iters=iters, mode=mode, config=config)
+                metrics[run_name][row.replace("_", ", ")] = result
                 if mode == "online" and iters == refinements[0] and not extra:
                     draw_pictures(cfg, model, os.path.join(args.output, "pictures"), args.pictures)
     metrics["wall_seconds"] = time.perf_counter() - t0
@@ -285,6 +289,8 @@ def main(argv=None):
     with open(os.path.join(args.output, "results.md"), "w") as f:
         f.write(table + f"\n\nwall time: {metrics['wall_seconds'] / 60:.1f} min\n")
     print("\nViL-Seg on synthetic_sem_seg_val (trained on captions only):\n" + table)
+    print("\nEach row's inference is in the config named in metrics.json, e.g. evaluate the first again with:\n"
+          f"  tools/train_net.py --config-file {metrics['ViL-Seg']['online']['config']} --eval-only")
     print(f"\nwall time {metrics['wall_seconds'] / 60:.1f} min; metrics, table and pictures in {args.output}")
     return metrics
 

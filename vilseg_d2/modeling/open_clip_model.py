@@ -106,9 +106,33 @@ def create_open_clip_model(model_name: str, pretrained: str = "", cache_dir: str
             f"Known: {', '.join(open_clip.list_models())}"
         )
     path, tag_cfg = resolve_pretrained(model_name, pretrained, cache_dir)
-    return open_clip.create_model(
-        model_name,
-        pretrained=path,
-        force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
-        cache_dir=cache_dir or None,
-    )
+    # Without pretrained weights open_clip warns "No pretrained weights loaded ... initialized
+    # randomly": the paper's from-scratch setting, and a model whose trained weights
+    # (MODEL.WEIGHTS) load afterwards. Said once, plainly, at debug level instead.
+    quiet = _DropMessage("No pretrained weights loaded") if path is None else None
+    root = logging.getLogger()
+    if quiet:
+        root.addFilter(quiet)
+    try:
+        model = open_clip.create_model(
+            model_name,
+            pretrained=path,
+            force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
+            cache_dir=cache_dir or None,
+        )
+    finally:
+        if quiet:
+            root.removeFilter(quiet)
+    logger.debug(f"open_clip {model_name}: " + (f"weights {path}" if path else "random initialisation"))
+    return model
+
+
+class _DropMessage(logging.Filter):
+    """Drops the log records whose message starts with ``prefix``."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
