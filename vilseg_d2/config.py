@@ -142,6 +142,21 @@ def add_vilseg_config(cfg: CN) -> None:
     # Webdataset shards: samples shuffled in a buffer of this size inside each DataLoader worker
     # (the shard order is reshuffled every epoch).
     cfg.DATALOADER.SHUFFLE_BUFFER_SIZE = 1000
+    # Your own caption datasets, registered under their names when the training loader is built
+    # (in every process), so that DATASETS.TRAIN can name them without Python. One string per
+    # dataset: comma-separated fields of vilseg_d2.data.register_caption_dataset, e.g.
+    #   "name=my_pairs,manifest=/data/pairs.jsonl,image_root=/data"
+    #   "name=my_shards,shards=/data/shards/{00000..00099}.tar,num_samples=1000000"
+    # name=, then exactly one of manifest= (JSONL/TSV), shards= (folder, glob or brace pattern)
+    # or coco_json=; optional image_root=, image_key=, caption_key=, num_samples= (shards: the
+    # weight when mixing datasets). A relative image path in a manifest is joined to image_root
+    # (default: the manifest's own folder), so for paths "images/0001.jpg" and the files in
+    # /data/images, image_root is /data, not /data/images; absolute paths are used as they are.
+    # Relative manifest, shards and image_root paths are taken from the working directory. Commas
+    # inside {} belong to the value; values cannot hold other commas. Before training, the first
+    # 20 image files are looked for: none found is an error that names the path and the fix.
+    # On the command line: DATASETS.CAPTION_DATASETS '("name=my_pairs,manifest=/data/p.jsonl",)'.
+    cfg.DATASETS.CAPTION_DATASETS = ()
 
     cfg.SOLVER.OPTIMIZER = "ADAMW"
     # Learning rate of the clustering head Phi_c = BASE_LR x this (it follows the same schedule).

@@ -11,10 +11,16 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.build import build_batch_data_loader
 from detectron2.utils import comm
 
-from .caption_datasets import is_local_path, read_caption_manifest, read_coco_captions, resolve_shards
+from .caption_datasets import (
+    check_image_files,
+    is_local_path,
+    read_caption_manifest,
+    read_coco_captions,
+    resolve_shards,
+)
 from .caption_mapper import ViLSegCaptionDatasetMapper
 from .caption_stream import CaptionTrainStream, MapStyleCaptionSource, ShardCaptionSource
-from .datasets.register_captions import require_file
+from .datasets.register_captions import register_caption_datasets_from_config, require_file
 from .skip_tracker import SkippedRecordsError
 
 __all__ = ["build_caption_train_loader", "build_caption_source"]
@@ -24,6 +30,14 @@ logger = logging.getLogger(__name__)
 # Weight of a shard when several training datasets are mixed and the shard dataset did not say
 # how many samples it has (img2dataset writes 10,000 samples per shard by default).
 _DEFAULT_SAMPLES_PER_SHARD = 10000
+
+
+class CaptionDatasetNotRegisteredError(KeyError):
+    """A name of ``DATASETS.TRAIN`` that is not registered; printed as its message (a KeyError
+    would print its repr)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 def _manifest_source(name: str, meta, *, seed: int, max_skip_fraction: float, min_records: int):
@@ -45,6 +59,7 @@ def _manifest_source(name: str, meta, *, seed: int, max_skip_fraction: float, mi
         )
     if not contents.records:
         raise ValueError(f"Caption dataset '{name}': no usable line in {meta.manifest}.")
+    check_image_files(name, contents.records, contents.image_root, meta.manifest, origin=meta.get("origin", ""))
     return MapStyleCaptionSource(contents.records, seed=seed, description=meta.manifest)
 
 
@@ -112,6 +127,7 @@ def build_caption_source(
     if kind == "coco":
         require_file(name, meta.coco_json, meta.get("missing_hint", "see datasets/README.md"))
         records = read_coco_captions(meta.coco_json, meta.image_root)
+        check_image_files(name, records, meta.image_root, meta.coco_json, origin=meta.get("origin", ""))
         source = MapStyleCaptionSource(records, seed=seed, description=meta.coco_json)
         return source, float(source.num_records)
     if kind == "shards":
@@ -123,10 +139,13 @@ def build_caption_source(
     if kind is not None:
         raise ValueError(f"Caption dataset '{name}': unknown caption_source_type {kind!r}.")
     if name not in DatasetCatalog.list():
-        raise KeyError(
-            f"Caption dataset '{name}' is not registered. Registered: "
-            f"{', '.join(sorted(DatasetCatalog.list()))}. Register yours with "
-            f"vilseg_d2.data.register_caption_dataset(name, manifest=... | coco_json=... | shards=...)."
+        captions = [n for n in sorted(DatasetCatalog.list()) if MetadataCatalog.get(n).get("caption_source_type")]
+        raise CaptionDatasetNotRegisteredError(
+            f"Caption dataset '{name}' is not registered in this process. Caption datasets: "
+            f"{', '.join(captions)}. Register yours on the command line, e.g. "
+            f"DATASETS.CAPTION_DATASETS '(\"name={name},manifest=/data/pairs.jsonl\",)' (or "
+            f"shards=/data/shards/{{00000..00099}}.tar); a register_caption_dataset call in "
+            f"another script does not reach tools/train_net.py."
         )
     records = DatasetCatalog.get(name)
     if not records or not isinstance(records[0], dict) or "caption" not in records[0] and "captions" not in records[0]:
@@ -141,8 +160,9 @@ def build_caption_source(
 def build_caption_train_loader(cfg, mapper: Callable[[dict], dict] | None = None):
     """Build ViL-Seg's training loader, like Detectron2's ``build_detection_train_loader``.
 
-    Reads ``cfg.DATASETS.TRAIN`` (caption datasets; several are interleaved in proportion to
-    their sizes), ``cfg.SOLVER.IMS_PER_BATCH`` (the global batch, divided by the world size),
+    Registers ``cfg.DATASETS.CAPTION_DATASETS``, then reads ``cfg.DATASETS.TRAIN`` (caption
+    datasets; several are interleaved in proportion to their sizes),
+    ``cfg.SOLVER.IMS_PER_BATCH`` (the global batch, divided by the world size),
     ``cfg.DATALOADER.NUM_WORKERS``, ``cfg.DATALOADER.MAX_SKIP_FRACTION``,
     ``cfg.DATALOADER.MIN_RECORDS_FOR_SKIP_CHECK``, ``cfg.DATALOADER.SHUFFLE_BUFFER_SIZE`` and
     ``cfg.SEED`` (< 0: a random seed shared by all ranks). Must be called on every rank.
@@ -155,6 +175,7 @@ def build_caption_train_loader(cfg, mapper: Callable[[dict], dict] | None = None
         An infinite iterable of ``list[dict]`` (this rank's batch of mapper outputs); its
         ``dataset`` is the :class:`CaptionTrainStream`, whose ``set_start_iteration`` resumes it.
     """
+    register_caption_datasets_from_config(cfg)
     names = cfg.DATASETS.TRAIN
     if isinstance(names, str):
         names = [names]

@@ -27,6 +27,7 @@ from detectron2.utils.file_io import PathManager
 __all__ = [
     "ManifestContents",
     "read_caption_manifest",
+    "check_image_files",
     "read_coco_captions",
     "resolve_shards",
     "is_local_path",
@@ -40,6 +41,8 @@ logger = logging.getLogger(__name__)
 SHARD_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
 # Bad manifest lines logged one by one (the rest only in the summary).
 _NUM_BAD_LINES_LOGGED = 10
+# Records whose image file check_image_files looks for before training.
+NUM_IMAGE_FILES_CHECKED = 20
 
 
 @dataclass
@@ -50,11 +53,13 @@ class ManifestContents:
         records: ``{"file_name": str, "caption": object}`` per good line, in file order.
         num_lines: non-blank lines (header excluded).
         bad_lines: ``(line_number, reason)`` for each line that could not be used (1-based).
+        image_root: the folder relative image paths were joined to.
     """
 
     records: list[dict] = field(default_factory=list)
     num_lines: int = 0
     bad_lines: list[tuple[int, str]] = field(default_factory=list)
+    image_root: str = ""
 
 
 def _manifest_format(path: str, manifest_format: str | None) -> str:
@@ -102,7 +107,7 @@ def read_caption_manifest(
     fmt = _manifest_format(path, manifest_format)
     if image_root is None:
         image_root = os.path.dirname(os.path.abspath(path))
-    out = ManifestContents()
+    out = ManifestContents(image_root=image_root)
     columns: list[str] | None = None
     with PathManager.open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
@@ -159,8 +164,91 @@ def read_caption_manifest(
             f"(lines {', '.join(str(n) for n, _ in out.bad_lines[:20])}"
             f"{', ...' if len(out.bad_lines) > 20 else ''})."
         )
-    logger.info(f"Read {len(out.records)} image-caption records from {path}.")
+    logger.info(f"Read {len(out.records)} image-caption records from {path} (image_root {image_root}).")
     return out
+
+
+def _fix_for_missing_images(raw: str, image_root: str, listing: str) -> str:
+    """What to change when the image ``raw`` (as written in ``listing``) is not under ``image_root``."""
+    if os.path.isabs(raw):
+        return (
+            f"The path in {listing} is absolute, so image_root is not used: the images are not at "
+            f"those paths on this machine. Write the paths relative to one folder and give that "
+            f"folder as image_root."
+        )
+    root = os.path.normpath(os.path.abspath(image_root))
+    components = raw.replace("\\", "/").split("/")
+    first = components[0]
+    listing_dir = os.path.dirname(os.path.abspath(listing))
+    if len(components) > 1 and os.path.basename(root) == first:  # the folder doubled
+        parent = os.path.dirname(root)
+        found = os.path.isfile(os.path.join(parent, raw))
+        return (
+            f"image_root {image_root} already ends with '{first}/', the first folder of the "
+            f"paths in {listing} (e.g. '{raw}'), so that folder appears twice. Set "
+            f"image_root={parent}, the folder the paths are relative to"
+            + (f" ({os.path.join(parent, raw)} exists)." if found else ".")
+        )
+    if root != listing_dir and os.path.isfile(os.path.join(listing_dir, raw)):
+        return (
+            f"The image is at {os.path.join(listing_dir, raw)}, relative to the folder of "
+            f"{listing}: set image_root={listing_dir} (for a manifest, the default when "
+            f"image_root is left out)."
+        )
+    return (
+        f"Relative paths are joined to image_root: set image_root to the folder that holds "
+        f"'{raw}' (for '{first}/...', the folder containing '{first}')."
+    )
+
+
+def check_image_files(
+    dataset_name: str,
+    records: Sequence[dict],
+    image_root: str,
+    listing: str,
+    *,
+    origin: str = "",
+    num_checked: int = NUM_IMAGE_FILES_CHECKED,
+) -> None:
+    """Check, before training, that the first records' image files exist.
+
+    All of them missing is a wrong ``image_root`` (or paths), not a few bad records: that is an
+    error naming the first missing path, the image root and the fix (e.g. a folder doubled as in
+    ``image_root=/data/images`` with paths ``images/0001.jpg``). Some missing is a warning: those
+    records are skipped and counted during training.
+
+    Args:
+        dataset_name: the registered name, for messages.
+        records: records with ``"file_name"`` = ``image_root`` joined with the listed path.
+        image_root: the folder relative paths were joined to.
+        listing: the manifest or COCO json the paths come from.
+        origin: where ``image_root`` is set (e.g. "your DATASETS.CAPTION_DATASETS entry"),
+            named after the fix.
+        num_checked: how many records are checked.
+
+    Raises:
+        FileNotFoundError: none of the checked image files exists.
+    """
+    paths = [r["file_name"] for r in records[:num_checked] if isinstance(r.get("file_name"), str)]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if not missing:
+        return
+    if len(missing) < len(paths):
+        logger.warning(
+            f"Caption dataset '{dataset_name}': {len(missing)} of the first {len(paths)} image files "
+            f"listed in {listing} are missing (first: {missing[0]}); such records are skipped and "
+            f"counted during training."
+        )
+        return
+    prefix = os.path.join(image_root, "")
+    raw = missing[0][len(prefix):] if missing[0].startswith(prefix) else missing[0]
+    joined = f"'{raw}' joined to image_root {image_root}" if raw != missing[0] else "an absolute path"
+    raise FileNotFoundError(
+        f"Caption dataset '{dataset_name}': none of the first {len(paths)} image files listed in "
+        f"{listing} exist, e.g. {missing[0]} ({joined}). "
+        f"{_fix_for_missing_images(raw, image_root, listing)}"
+        + (f" (image_root= is set in {origin}.)" if origin else "")
+    )
 
 
 def read_coco_captions(json_file: str, image_root: str) -> list[dict]:

@@ -107,6 +107,13 @@ class SkipTracker:
             f"Skipped a bad record of {self.describe()}: {where}: {reason} "
             f"[{self.num_skipped} skipped of {self.num_seen} records so far]"
         )
+        if self.num_skipped == 1:  # the first: say what happens to the others
+            msg += (
+                f". Unreadable records are skipped (the first {_NUM_SKIPS_LOGGED_INDIVIDUALLY} "
+                f"logged one by one); the run stops when more than {self.max_skip_fraction * 100:g}% "
+                f"of {self.min_records} or more records are skipped (DATALOADER.MAX_SKIP_FRACTION, "
+                f"DATALOADER.MIN_RECORDS_FOR_SKIP_CHECK)."
+            )
         if self.num_skipped <= _NUM_SKIPS_LOGGED_INDIVIDUALLY:
             logger.warning(msg)
         else:
