@@ -1,19 +1,35 @@
 """Evaluation datasets: prepare scripts on miniature copies of the official archives, then the
-registered loaders and metadata."""
+registered loaders and metadata, and the prompt names the evaluation vocabulary gives the model."""
 
 import importlib.util
 import os
 
 import numpy as np
 import pytest
+import torch
 from data_fixtures import make_coco_stuff, make_pascal_context, make_voc2012
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from helpers import tiny_cfg
 from PIL import Image
 
 from vilseg_d2.data.datasets import register_all
-from vilseg_d2.data.datasets.register_coco_stuff import register_coco_stuff_164k
+from vilseg_d2.data.datasets.register_coco_stuff import (
+    COCO_STUFF_CLASSES,
+    COCO_STUFF_PROMPT_NAMES,
+    COCO_STUFF_UNSEEN_CLASSES,
+    register_coco_stuff_164k,
+)
 from vilseg_d2.data.datasets.register_pascal_context import register_pascal_context
+from vilseg_d2.data.datasets.register_sem_seg import (
+    class_prompt_names,
+    class_prompts,
+    register_sem_seg_dataset,
+    remove_if_registered,
+)
 from vilseg_d2.data.datasets.register_voc import register_voc_2012
+from vilseg_d2.engine import eval_classes, eval_vocabulary
+from vilseg_d2.evaluation import ViLSegSemSegEvaluator
+from vilseg_d2.modeling import duplicate_classes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -135,3 +151,108 @@ def test_prepare_errors_are_clear(tmp_path):
     pc = load_script("prepare_pascal_context")
     with pytest.raises(ValueError, match="lacks the PASCAL Context classes"):
         pc.context59_ids(pc.read_label_names(str(labels)))
+
+
+# Prompt names: readable names for the text encoder, metrics keep the dataset's names.
+
+SEM_SEG_DATASETS = [
+    "voc_2012_sem_seg_val",
+    "voc_2012_sem_seg_val_20",
+    "pascal_context_59_sem_seg_val",
+    "pascal_context_60_sem_seg_val",
+    "coco_stuff_164k_sem_seg_val",
+]
+
+
+@pytest.mark.parametrize("name", SEM_SEG_DATASETS)
+def test_prompt_names_cover_the_classes_once_each(name):
+    meta = MetadataCatalog.get(name)
+    assert len(meta.prompt_names) == len(meta.stuff_classes)
+    assert duplicate_classes(meta.prompt_names) == []  # the text encoder's own test of "the same class"
+    assert all(p.strip() and ";" not in p and "," not in p for p in meta.prompt_names)  # no synonym lists
+    assert class_prompts(name) == dict(zip(meta.stuff_classes, meta.prompt_names))
+
+
+def test_coco_stuff_prompts_are_readable_and_metric_names_unchanged():
+    meta = MetadataCatalog.get("coco_stuff_164k_sem_seg_val")
+    assert meta.stuff_classes == COCO_STUFF_CLASSES  # metric names: the dataset's
+    assert {"wall-concrete", "building-other", "sky-other", "playingfield"} <= set(meta.stuff_classes)
+    assert set(COCO_STUFF_PROMPT_NAMES) <= set(COCO_STUFF_CLASSES)
+    prompts = class_prompts("coco_stuff_164k_sem_seg_val")
+    for dataset_name, prompt in {
+        "wall-concrete": "concrete wall", "building-other": "building", "sky-other": "sky",
+        "floor-wood": "wooden floor", "desk-stuff": "desk", "playingfield": "playing field",
+    }.items():  # fmt: skip
+        assert prompts[dataset_name] == prompt
+    for c in COCO_STUFF_CLASSES:  # every other name maps to itself
+        assert prompts[c] == COCO_STUFF_PROMPT_NAMES.get(c, c)
+    assert not [p for p in meta.prompt_names if "-" in p or p.endswith("other")]
+    # VOC and Context are spelled readably already: their prompts are their class names.
+    for name in SEM_SEG_DATASETS[:4]:
+        assert MetadataCatalog.get(name).prompt_names == MetadataCatalog.get(name).stuff_classes
+
+
+def test_prompt_names_must_name_classes_and_stay_distinct():
+    assert class_prompt_names(["wall-other", "sky"], {"wall-other": "wall"}) == ["wall", "sky"]
+    with pytest.raises(ValueError, match="not in stuff_classes"):
+        class_prompt_names(["wall-other", "sky"], {"wall-brick": "brick wall"})
+    with pytest.raises(ValueError, match="share the prompt names"):
+        class_prompt_names(["wall-other", "wall"], {"wall-other": "wall"})
+
+
+@pytest.mark.parametrize("mode", ["all", "unseen"])
+@pytest.mark.parametrize("name", SEM_SEG_DATASETS)
+def test_eval_vocabulary_gives_the_prompts_of_the_classes_in_their_order(name, mode):
+    cfg = tiny_cfg(TEST__VILSEG__VOCABULARY=mode)
+    meta = MetadataCatalog.get(name)
+    classes, vocabulary = eval_classes(cfg, name), eval_vocabulary(cfg, name)
+    assert classes == (meta.stuff_classes if mode == "all" else meta.unseen_classes)
+    assert vocabulary == [meta.prompt_names[meta.stuff_classes.index(c)] for c in classes]
+
+
+def test_coco_stuff_unseen_vocabulary_is_positional():
+    cfg = tiny_cfg(TEST__VILSEG__VOCABULARY="unseen")
+    classes = eval_classes(cfg, "coco_stuff_164k_sem_seg_val")
+    vocabulary = eval_vocabulary(cfg, "coco_stuff_164k_sem_seg_val")
+    assert classes == COCO_STUFF_UNSEEN_CLASSES
+    assert (classes[9], vocabulary[9]) == ("wall-concrete", "concrete wall")
+    assert (classes[14], vocabulary[14]) == ("playingfield", "playing field")
+    assert vocabulary[:9] == classes[:9]
+
+
+@pytest.mark.parametrize("mode", ["all", "unseen"])
+def test_evaluator_maps_prompted_predictions_back_by_position(tmp_path, mode):
+    """Predictions for prompts ("concrete wall") count for the dataset class at the same
+    position ("wall-concrete"), and metrics carry the dataset's names."""
+    classes = ["person", "wall-concrete", "sky-other", "playingfield"]
+    (tmp_path / "img").mkdir()
+    (tmp_path / "gt").mkdir()
+    gt = np.array([[0, 0, 1, 1], [2, 2, 3, 3], [1, 1, 255, 3], [0, 2, 3, 1]], dtype=np.uint8)
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "img" / "a.jpg")
+    Image.fromarray(gt).save(tmp_path / "gt" / "a.png")
+    name = "_test_prompted_sem_seg"
+    register_sem_seg_dataset(
+        name, image_dir=str(tmp_path / "img"), gt_dir=str(tmp_path / "gt"), stuff_classes=classes,
+        unseen_classes=["playingfield", "wall-concrete"],
+        prompt_names={"wall-concrete": "concrete wall", "sky-other": "sky", "playingfield": "playing field"},
+    )  # fmt: skip
+    try:
+        cfg = tiny_cfg(TEST__VILSEG__VOCABULARY=mode)
+        eval_names, vocabulary = eval_classes(cfg, name), eval_vocabulary(cfg, name)
+        if mode == "unseen":
+            assert vocabulary == ["playing field", "concrete wall"]
+        evaluator = ViLSegSemSegEvaluator(name, distributed=False, classes=eval_names)
+        evaluator.reset()
+        # A perfect model: channel k is high where the ground truth is the class prompted at k.
+        truth = [classes[v] if v != 255 else None for v in gt.reshape(-1)]
+        scores = torch.zeros(len(vocabulary), 16)
+        for k, prompt in enumerate(vocabulary):
+            scores[k] = torch.tensor([float(c is not None and class_prompts(name)[c] == prompt) for c in truth])
+        evaluator.process([{"file_name": str(tmp_path / "img" / "a.jpg")}], [{"sem_seg": scores.view(-1, 4, 4)}])
+        res = evaluator.evaluate()["sem_seg"]
+        assert res["mIoU"] == pytest.approx(100.0) and res["mIoU_unseen"] == pytest.approx(100.0)
+        assert {f"IoU-{c}" for c in eval_names} <= set(res) and "IoU-concrete wall" not in res
+        with pytest.raises(ValueError, match="not its prompt_names"):
+            ViLSegSemSegEvaluator(name, distributed=False, classes=vocabulary)
+    finally:
+        remove_if_registered(name)

@@ -3,11 +3,17 @@
 
     tools/train_net.py --config-file configs/vilseg_vitb16.yaml --num-gpus 8
     tools/train_net.py --config-file configs/eval/vilseg_vitb16_voc_unseen.yaml --eval-only MODEL.WEIGHTS m.pth
+    tools/train_net.py --config-file configs/baselines/clip_seg_vitb16_voc_unseen.yaml --eval-only
     tools/train_net.py --config-file configs/vilseg_tiny.yaml --resume MODEL.DEVICE cpu
 
 Without CUDA, pass ``MODEL.DEVICE cpu`` (a config asking for CUDA on a machine without it is an
 error, not a silent switch to the CPU); ``--num-gpus N`` then runs N CPU processes with the gloo
 backend.
+
+``--eval-only`` evaluates ``MODEL.WEIGHTS`` (or, with ``--resume``, the last checkpoint of
+``OUTPUT_DIR``); without either, the pretrained open_clip towers of ``MODEL.OPEN_CLIP.PRETRAINED``
+as built (the "CLIP + Seg" baseline of ``configs/baselines/``). A model that would be random
+(neither, and ``PRETRAINED ""``) is an error.
 """
 
 import json
@@ -15,20 +21,25 @@ import logging
 import os
 import sys
 
+# isort: off  (vilseg_d2 first: it fills the registries and quiets third-party import warnings)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import vilseg_d2  # noqa: E402,F401
+# isort: on
+
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import vilseg_d2  # noqa: E402,F401  (fills the registries)
 from vilseg_d2.config import get_vilseg_cfg  # noqa: E402
-from vilseg_d2.engine import ViLSegCheckpointer, ViLSegTrainer  # noqa: E402
+from vilseg_d2.engine import ViLSegTrainer, load_eval_weights  # noqa: E402
 
 
 def setup(args):
     cfg = get_vilseg_cfg(args.config_file, args.opts)
     cfg.freeze()
+    if cfg.MODEL.DEVICE == "cpu":  # Detectron2's environment report would warn "No CUDA runtime is found"
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     default_setup(cfg, args)
     # The project's own log lines (data mapper, loader switches, skipped records), like Mask2Former.
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="vilseg_d2")
@@ -41,7 +52,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = ViLSegTrainer.build_model(cfg)
-        ViLSegCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        load_eval_weights(cfg, model, resume=args.resume)
         res = ViLSegTrainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)

@@ -1,10 +1,10 @@
 """Training: the trainer, the autocast training step, the optimizer, the checkpointer, the predictor."""
 
-from .checkpoint import ViLSegCheckpointer
+from .checkpoint import ViLSegCheckpointer, load_eval_weights
 from .optimizer import build_vilseg_optimizer
 from .predictor import ViLSegPredictor
 from .train_loop import AutocastTrainer, check_losses_finite
-from .trainer import ViLSegTrainer, eval_vocabulary, training_views
+from .trainer import ViLSegTrainer, eval_classes, eval_vocabulary, training_views
 
 __all__ = [
     "AutocastTrainer",
@@ -13,6 +13,8 @@ __all__ = [
     "ViLSegTrainer",
     "build_vilseg_optimizer",
     "check_losses_finite",
+    "eval_classes",
     "eval_vocabulary",
+    "load_eval_weights",
     "training_views",
 ]

@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-__all__ = ["ViLSegCheckpointer"]
+__all__ = ["ViLSegCheckpointer", "load_eval_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,3 +99,44 @@ class ViLSegCheckpointer(DetectionCheckpointer):
                 f"MODEL.OPEN_CLIP.PRETRAINED."
             )
         return incompatible
+
+
+def load_eval_weights(cfg, model: torch.nn.Module, *, resume: bool = False) -> None:
+    """Load what ``tools/train_net.py --eval-only`` evaluates into ``model`` (built from ``cfg``).
+
+    The last checkpoint of ``OUTPUT_DIR`` with ``resume`` (if there is one), else
+    ``MODEL.WEIGHTS``. Without either, the model keeps the weights it was built with: the
+    pretrained open_clip towers of ``MODEL.OPEN_CLIP.PRETRAINED`` (e.g. the "CLIP + Seg"
+    baseline, ``configs/baselines/``), the heads at their random initialisation.
+
+    Args:
+        cfg: the config ``model`` was built from.
+        model: the model.
+        resume: ``--resume``: prefer the last checkpoint of ``OUTPUT_DIR``.
+
+    Raises:
+        ValueError: nothing to load and ``MODEL.OPEN_CLIP.PRETRAINED`` empty: the model would be
+            evaluated at its random initialisation.
+    """
+    checkpointer = ViLSegCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+    if cfg.MODEL.WEIGHTS or (resume and checkpointer.has_checkpoint()):
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
+        return
+    name, pretrained = cfg.MODEL.OPEN_CLIP.MODEL_NAME, cfg.MODEL.OPEN_CLIP.PRETRAINED
+    if not pretrained:
+        raise ValueError(
+            'Nothing to evaluate: MODEL.WEIGHTS is empty and MODEL.OPEN_CLIP.PRETRAINED is "" (random '
+            "init), so the model would be evaluated at its random initialisation. Pass MODEL.WEIGHTS "
+            "/path/to/model_final.pth, or MODEL.OPEN_CLIP.PRETRAINED openai (or a local open_clip "
+            "checkpoint) to evaluate pretrained CLIP as configs/baselines/ do."
+        )
+    logger.info(
+        f"MODEL.WEIGHTS is empty: evaluating the open_clip towers {name} / {pretrained} as built "
+        f"(MODEL.OPEN_CLIP.PRETRAINED), without ViL-Seg training."
+    )
+    if cfg.MODEL.VILSEG.INFERENCE_MODE == "online":
+        logger.warning(
+            "INFERENCE_MODE 'online' without MODEL.WEIGHTS: the clustering head is at its random "
+            "initialisation, so the regions come from a random linear map of the pretrained embeddings. "
+            "Use INFERENCE_MODE 'dense' (the CLIP + Seg baseline) or 'kmeans' for pretrained towers alone."
+        )

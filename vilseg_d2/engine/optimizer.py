@@ -37,12 +37,21 @@ def param_groups(
         optimizer parameter groups: decayed, not decayed, then per head with a multiplier its
         decayed and not decayed ones.
     """
-    multipliers = {"clustering_head": cluster_head_lr_multiplier, "projection_head": projection_head_lr_multiplier}
-    heads = {name: m for name, m in multipliers.items() if m != 1.0 and getattr(model, name, None) is not None}
+    multipliers = {
+        "clustering_head": cluster_head_lr_multiplier,
+        "projection_head": projection_head_lr_multiplier,
+    }
+    heads = {
+        name: m
+        for name, m in multipliers.items()
+        if m != 1.0 and getattr(model, name, None) is not None
+    }
     if heads and base_lr is None:
         raise ValueError("param_groups needs base_lr to apply a head's learning-rate multiplier.")
     owner = {id(p): name for name in heads for p in getattr(model, name).parameters()}
-    groups = {None: [{"params": [], "weight_decay": weight_decay}, {"params": [], "weight_decay": 0.0}]}
+    groups = {
+        None: [{"params": [], "weight_decay": weight_decay}, {"params": [], "weight_decay": 0.0}]
+    }
     for name, m in heads.items():
         groups[name] = [dict(group, params=[], lr=base_lr * m) for group in groups[None]]
     for name, p in model.named_parameters():
@@ -50,7 +59,9 @@ def param_groups(
             continue
         no_decay = p.ndim < 2 or any(key in name for key in NO_WEIGHT_DECAY_KEYS)
         groups[owner.get(id(p))][int(no_decay)]["params"].append(p)
-    return groups.pop(None) + [group for pair in groups.values() for group in pair if group["params"]]
+    return groups.pop(None) + [
+        group for pair in groups.values() for group in pair if group["params"]
+    ]
 
 
 def build_vilseg_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -69,5 +80,10 @@ def build_vilseg_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer
         return cls(groups, lr=cfg.SOLVER.BASE_LR, betas=tuple(cfg.SOLVER.BETAS), eps=cfg.SOLVER.EPS)
     if name == "SGD":
         cls = maybe_add_gradient_clipping(cfg, torch.optim.SGD)
-        return cls(groups, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM, nesterov=cfg.SOLVER.NESTEROV)
+        return cls(
+            groups,
+            lr=cfg.SOLVER.BASE_LR,
+            momentum=cfg.SOLVER.MOMENTUM,
+            nesterov=cfg.SOLVER.NESTEROV,
+        )
     raise ValueError(f"SOLVER.OPTIMIZER must be 'ADAMW' or 'SGD', got {cfg.SOLVER.OPTIMIZER!r}.")

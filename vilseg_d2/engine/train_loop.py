@@ -37,7 +37,9 @@ class AutocastTrainer(SimpleTrainer):
     configs/vilseg_tiny.yaml: about 20% less time; `tools/benchmark.py` measures it).
     """
 
-    def __init__(self, model, data_loader, optimizer, *, dtype: torch.dtype | None = None, **kwargs):
+    def __init__(
+        self, model, data_loader, optimizer, *, dtype: torch.dtype | None = None, **kwargs
+    ):
         """
         Args:
             model, data_loader, optimizer, kwargs: as :class:`SimpleTrainer`.
@@ -47,7 +49,9 @@ class AutocastTrainer(SimpleTrainer):
         param = next(model.parameters())
         self.device_type = param.device.type
         self.dtype = dtype
-        self.grad_scaler = torch.amp.GradScaler(self.device_type) if dtype == torch.float16 else None
+        self.grad_scaler = (
+            torch.amp.GradScaler(self.device_type) if dtype == torch.float16 else None
+        )
 
     def run_step(self):
         assert self.model.training, "[AutocastTrainer] model was changed to eval mode!"
@@ -55,9 +59,15 @@ class AutocastTrainer(SimpleTrainer):
         data = next(self._data_loader_iter)
         data_time = time.perf_counter() - start
 
-        attention = sdpa_kernel([SDPBackend.MATH]) if self.device_type == "cpu" else contextlib.nullcontext()
+        attention = (
+            sdpa_kernel([SDPBackend.MATH])
+            if self.device_type == "cpu"
+            else contextlib.nullcontext()
+        )
         with attention:
-            with torch.autocast(self.device_type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+            with torch.autocast(
+                self.device_type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None
+            ):
                 loss_dict = self.model(data)
             check_losses_finite(loss_dict, self.iter)
             losses = sum(loss_dict.values())
@@ -69,7 +79,9 @@ class AutocastTrainer(SimpleTrainer):
                 losses.backward()
         self.after_backward()
         if self.async_write_metrics:
-            self.concurrent_executor.submit(self._write_metrics, loss_dict, data_time, iter=self.iter)
+            self.concurrent_executor.submit(
+                self._write_metrics, loss_dict, data_time, iter=self.iter
+            )
         else:
             self._write_metrics(loss_dict, data_time)
         if self.grad_scaler is not None:

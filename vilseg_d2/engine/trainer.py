@@ -17,21 +17,30 @@ from detectron2.utils.logger import setup_logger
 from ..data.build import build_caption_train_loader
 from ..data.caption_mapper import ViLSegCaptionDatasetMapper
 from ..data.caption_stream import CaptionTrainStream
+from ..data.datasets.register_sem_seg import class_prompts
 from ..evaluation import ViLSegSemSegEvaluator
 from .checkpoint import ViLSegCheckpointer
 from .optimizer import build_vilseg_optimizer
 from .train_loop import AutocastTrainer
 
-__all__ = ["ViLSegTrainer", "eval_vocabulary", "training_views"]
+__all__ = ["ViLSegTrainer", "eval_classes", "eval_vocabulary", "training_views"]
 
 logger = logging.getLogger(__name__)
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def eval_vocabulary(cfg, dataset_name: str) -> List[str]:
-    """The classes the model chooses among on ``dataset_name`` under ``TEST.VILSEG.VOCABULARY``:
-    "all" = the dataset's ``stuff_classes``; "unseen" = its ``unseen_classes`` (paper protocol)."""
+def eval_classes(cfg, dataset_name: str) -> List[str]:
+    """The dataset classes the model chooses among on ``dataset_name`` under
+    ``TEST.VILSEG.VOCABULARY``, as ``stuff_classes`` spells them; output channel k is class k.
+
+    "all" = every class of ``stuff_classes`` (the generalised zero-shot reading); "unseen" = the
+    ``unseen_classes`` only (the zero-shot reading of the paper's Table 1; the evaluator
+    ignores the pixels of the other classes).
+
+    Raises:
+        ValueError: an unknown mode, or "unseen" on a dataset without unseen classes.
+    """
     meta = MetadataCatalog.get(dataset_name)
     mode = cfg.TEST.VILSEG.VOCABULARY
     if mode == "all":
@@ -44,6 +53,14 @@ def eval_vocabulary(cfg, dataset_name: str) -> List[str]:
     raise ValueError(f"TEST.VILSEG.VOCABULARY must be 'all' or 'unseen', got {mode!r}.")
 
 
+def eval_vocabulary(cfg, dataset_name: str) -> List[str]:
+    """What the model gets as its ``vocabulary`` on ``dataset_name``: the prompt names
+    (metadata ``prompt_names``, e.g. "concrete wall" for COCO-Stuff's "wall-concrete") of
+    :func:`eval_classes`, in the same order, so that prediction k is class k of the evaluator."""
+    prompts = class_prompts(dataset_name)
+    return [prompts[c] for c in eval_classes(cfg, dataset_name)]
+
+
 def training_views(cfg, iteration: int) -> Dict[str, bool]:
     """Which auxiliary views the batch of training step ``iteration`` needs: ``local_crops``
     for L_vision, ``transformed_view`` (g(x)) for L_cluster. Neither before
@@ -51,6 +68,21 @@ def training_views(cfg, iteration: int) -> Dict[str, bool]:
     v = cfg.MODEL.VILSEG
     active = iteration >= int(v.AUX_WARMUP_ITERS[0])
     return {"local_crops": active and v.VISION_WEIGHT > 0, "transformed_view": active and v.CLUSTER_WEIGHT > 0}
+
+
+def _warn_if_aux_objectives_never_train(cfg) -> None:
+    """Warn when ``SOLVER.MAX_ITER`` ends before ``MODEL.VILSEG.AUX_WARMUP_ITERS[0]``, so that a
+    run meant to train L_vision / L_cluster (weight > 0) does not train L_cross alone unawares."""
+    v, start = cfg.MODEL.VILSEG, int(cfg.MODEL.VILSEG.AUX_WARMUP_ITERS[0])
+    names = [n for n, w in (("L_vision", v.VISION_WEIGHT), ("L_cluster", v.CLUSTER_WEIGHT)) if w > 0]
+    if names and cfg.SOLVER.MAX_ITER <= start:
+        logger.warning(
+            f"{' and '.join(names)} will not train: the run ends at SOLVER.MAX_ITER = "
+            f"{cfg.SOLVER.MAX_ITER}, before the auxiliary objectives join at iteration {start} "
+            f"(MODEL.VILSEG.AUX_WARMUP_ITERS[0]); only L_cross trains. To train them, set "
+            f"SOLVER.MAX_ITER above {start} or start them earlier, e.g. MODEL.VILSEG.AUX_WARMUP_ITERS "
+            f"'(0, 0)' (all objectives from iteration 0)."
+        )
 
 
 def _continue_at(loader, iteration: int) -> None:
@@ -96,7 +128,8 @@ class _TestMapper:
 class ViLSegTrainer(DefaultTrainer):
     """DefaultTrainer with: the caption loader, AdamW groups, autocast on CPU or CUDA
     (``SOLVER.AMP.ENABLED`` + ``SOLVER.AMP.DTYPE``), NaN checks naming the loss,
-    :class:`ViLSegSemSegEvaluator` with the vocabulary of ``TEST.VILSEG.VOCABULARY``, and
+    :class:`ViLSegSemSegEvaluator` with the classes of ``TEST.VILSEG.VOCABULARY`` (the model gets
+    their prompt names, :func:`eval_vocabulary`), and
     metrics written every ``SOLVER.LOG_PERIOD`` iterations, checkpoints read by
     :class:`ViLSegCheckpointer` (``weights_only``, errors naming the file)."""
 
@@ -111,6 +144,7 @@ class ViLSegTrainer(DefaultTrainer):
         if cfg.SOLVER.AMP.ENABLED and dtype is None:
             raise ValueError(f"SOLVER.AMP.DTYPE must be one of {sorted(_AMP_DTYPES)}, got {cfg.SOLVER.AMP.DTYPE!r}.")
 
+        _warn_if_aux_objectives_never_train(cfg)
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         self._views = training_views(cfg, 0)
@@ -207,7 +241,7 @@ class ViLSegTrainer(DefaultTrainer):
             raise ValueError(f"{dataset_name} has evaluator_type {evaluator_type!r}; ViL-Seg evaluates 'sem_seg' datasets.")
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return ViLSegSemSegEvaluator(
-            dataset_name, distributed=True, output_dir=output_folder, vocabulary=eval_vocabulary(cfg, dataset_name)
+            dataset_name, distributed=True, output_dir=output_folder, classes=eval_classes(cfg, dataset_name)
         )
 
     @classmethod

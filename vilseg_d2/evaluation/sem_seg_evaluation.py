@@ -16,9 +16,11 @@ class ViLSegSemSegEvaluator(SemSegEvaluator):
     """Detectron2's ``SemSegEvaluator`` (mIoU, fwIoU, mACC, pACC, per-class IoU) plus
     ``mIoU_unseen`` and ``pACC_unseen`` over the dataset metadata's ``unseen_classes``.
 
-    With ``vocabulary`` set to a subset of the dataset's classes (the zero-shot protocol of
-    SPNet/ZS3 that the paper follows: only the unseen classes are candidates), predictions index
-    into that subset and ground-truth pixels of the other classes are ignored.
+    With ``classes`` set to a subset of the dataset's classes (the zero-shot reading of the
+    SPNet/ZS3 protocol that the paper follows: only the unseen classes are candidates),
+    predictions index into that subset and ground-truth pixels of the other classes are ignored.
+    The mapping is by position only: output channel k is ``classes[k]``, whatever names the model
+    was prompted with (e.g. the dataset's ``prompt_names``); metrics keep the dataset's names.
     """
 
     def __init__(
@@ -27,31 +29,34 @@ class ViLSegSemSegEvaluator(SemSegEvaluator):
         distributed: bool = True,
         output_dir: Optional[str] = None,
         *,
-        vocabulary: Optional[Sequence[str]] = None,
+        classes: Optional[Sequence[str]] = None,
     ):
         """
         Args:
             dataset_name, distributed, output_dir: as :class:`SemSegEvaluator`.
-            vocabulary: the classes the model chooses among, a subset of ``stuff_classes`` in any
-                order; None = all of them.
+            classes: the classes the model chooses among, in the order of its output channels:
+                a subset of ``stuff_classes`` (spelled as there) in any order; None = all of them.
         """
         meta = MetadataCatalog.get(dataset_name)
-        classes = list(meta.stuff_classes)
+        dataset_classes = list(meta.stuff_classes)
         self._lut = None
         loading_fn = load_image_into_numpy_array
-        if vocabulary is not None and list(vocabulary) != classes:
-            missing = [c for c in vocabulary if c not in classes]
+        if classes is not None and list(classes) != dataset_classes:
+            missing = [c for c in classes if c not in dataset_classes]
             if missing:
-                raise ValueError(f"Vocabulary classes {missing} are not classes of {dataset_name}.")
-            lut = np.full(max(256, len(classes) + 1), meta.ignore_label, dtype=np.int64)
-            for new, name in enumerate(vocabulary):
-                lut[classes.index(name)] = new
+                raise ValueError(
+                    f"Classes {missing} are not classes of {dataset_name}: give names from its stuff_classes "
+                    f"(not its prompt_names)."
+                )
+            lut = np.full(max(256, len(dataset_classes) + 1), meta.ignore_label, dtype=np.int64)
+            for new, name in enumerate(classes):
+                lut[dataset_classes.index(name)] = new
             self._lut = lut
             loading_fn = self._load_remapped
         super().__init__(dataset_name, distributed, output_dir, sem_seg_loading_fn=loading_fn)
         if self._lut is not None:
-            self._class_names = list(vocabulary)
-            self._num_classes = len(vocabulary)
+            self._class_names = list(classes)
+            self._num_classes = len(classes)
         unseen = list(meta.get("unseen_classes", []) or [])
         self._unseen = [self._class_names.index(c) for c in unseen if c in self._class_names]
 

@@ -13,7 +13,14 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-__all__ = ["lookup_table", "write_label_png", "read_label_png", "link_or_copy", "run_tasks", "read_ids"]
+__all__ = [
+    "lookup_table",
+    "write_label_png",
+    "read_label_png",
+    "link_or_copy",
+    "run_tasks",
+    "read_ids",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -72,5 +79,7 @@ def run_tasks(fn: Callable, tasks: Sequence, *, workers: int, desc: str) -> None
         return
     methods = mp.get_all_start_methods()
     with mp.get_context("fork" if "fork" in methods else None).Pool(workers) as pool:
-        for _ in tqdm(pool.imap_unordered(fn, tasks, chunksize=16), total=len(tasks), desc=desc, unit="img"):
+        for _ in tqdm(
+            pool.imap_unordered(fn, tasks, chunksize=16), total=len(tasks), desc=desc, unit="img"
+        ):
             pass

@@ -1,5 +1,9 @@
 """COCO-Stuff 164k val (the 5000 COCO val2017 images): ``coco_stuff_164k_sem_seg_val``, 171
 classes (80 things + 91 stuff). Files written by ``datasets/prepare_coco_stuff_164k.py``.
+
+The dataset's class names ("wall-concrete", "sky-other", "playingfield") name the metrics; the
+text encoder gets readable ones ("concrete wall", "sky", "playing field"):
+:data:`COCO_STUFF_PROMPT_NAMES`, in the metadata as ``prompt_names``.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from .register_sem_seg import register_sem_seg_dataset
 __all__ = [
     "COCO_STUFF_CATEGORIES",
     "COCO_STUFF_CLASSES",
+    "COCO_STUFF_PROMPT_NAMES",
     "COCO_STUFF_UNSEEN_CLASSES",
     "register_coco_stuff_164k",
 ]
@@ -40,6 +45,43 @@ COCO_STUFF_CATEGORIES = [(c["id"], c["name"]) for c in COCO_CATEGORIES if c["ist
     (92 + i, n) for i, n in enumerate(_STUFF_NAMES)
 ]
 COCO_STUFF_CLASSES = [n for _, n in COCO_STUFF_CATEGORIES]
+# Readable names for the prompts of the classes whose dataset names are not: "x-other" / "x-stuff"
+# become "x", "floor-wood" becomes "wooden floor", run-together words are split, "hair drier" is
+# spelled as usual. Every other class keeps its name.
+COCO_STUFF_PROMPT_NAMES = {
+    "hair drier": "hair dryer",
+    "building-other": "building",
+    "ceiling-other": "ceiling",
+    "ceiling-tile": "tiled ceiling",
+    "desk-stuff": "desk",
+    "door-stuff": "door",
+    "floor-marble": "marble floor",
+    "floor-other": "floor",
+    "floor-stone": "stone floor",
+    "floor-tile": "tiled floor",
+    "floor-wood": "wooden floor",
+    "food-other": "food",
+    "furniture-other": "furniture",
+    "ground-other": "ground",
+    "mirror-stuff": "mirror",
+    "plant-other": "plant",
+    "playingfield": "playing field",
+    "sky-other": "sky",
+    "solid-other": "solid",
+    "structural-other": "structure",
+    "textile-other": "textile",
+    "wall-brick": "brick wall",
+    "wall-concrete": "concrete wall",
+    "wall-other": "wall",
+    "wall-panel": "wall panel",
+    "wall-stone": "stone wall",
+    "wall-tile": "tiled wall",
+    "wall-wood": "wooden wall",
+    "water-other": "water",
+    "waterdrops": "water drops",
+    "window-blind": "window blind",
+    "window-other": "window",
+}
 # Unseen classes of the zero-shot protocol (paper section 4.1).
 COCO_STUFF_UNSEEN_CLASSES = [
     "frisbee", "skateboard", "cardboard", "carrot", "scissors", "suitcase", "giraffe", "cow",
@@ -55,4 +97,5 @@ def register_coco_stuff_164k(root: str) -> None:
         gt_dir=os.path.join(root, "coco", "stuffthingmaps_detectron2", "val2017"),
         stuff_classes=COCO_STUFF_CLASSES,
         unseen_classes=COCO_STUFF_UNSEEN_CLASSES,
+        prompt_names=COCO_STUFF_PROMPT_NAMES,
     )

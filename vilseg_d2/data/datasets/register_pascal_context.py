@@ -11,7 +11,8 @@ from .register_sem_seg import register_sem_seg_dataset
 
 __all__ = ["PASCAL_CONTEXT_59_CLASSES", "PASCAL_CONTEXT_UNSEEN_CLASSES", "register_pascal_context"]
 
-# The 59 most frequent classes of PASCAL Context, in the usual label order.
+# The 59 most frequent classes of PASCAL Context, in the usual label order, spelled readably
+# ("potted plant", "tv monitor"): the text prompts use them as they are.
 PASCAL_CONTEXT_59_CLASSES = [
     "aeroplane", "bag", "bed", "bedclothes", "bench", "bicycle", "bird", "boat", "book",
     "bottle", "building", "bus", "cabinet", "car", "cat", "ceiling", "chair", "cloth",
