@@ -1,4 +1,5 @@
-# The two commands a user types: `make demo` and `make test`. Both bootstrap .venv first.
+# The two commands a user types: `make demo` and `make test`; contributors also `make lint` (what
+# CI checks after the tests) and `make format`. All bootstrap .venv first.
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -6,7 +7,10 @@ STAMP := $(VENV)/.vilseg-installed
 export PIP_CONSTRAINT := $(CURDIR)/requirements/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup test demo clean
+# What black, isort and flake8 look at (settings: pyproject.toml, .flake8).
+LINT_PATHS := vilseg_d2 tools tests datasets setup.py
+
+.PHONY: setup test demo lint format clean
 
 setup: $(STAMP)
 
@@ -24,6 +28,15 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) tools/run_demo.py --output output/demo
+
+lint: $(STAMP)
+	$(PY) -m black --check --diff $(LINT_PATHS)
+	$(PY) -m isort --check-only --diff $(LINT_PATHS)
+	$(PY) -m flake8 $(LINT_PATHS)
+
+format: $(STAMP)
+	$(PY) -m isort $(LINT_PATHS)
+	$(PY) -m black $(LINT_PATHS)
 
 clean:
 	rm -rf output build *.egg-info

@@ -13,21 +13,25 @@ setup(
     packages=find_packages(exclude=("tests", "tools", "configs", "datasets")),
     package_data={"vilseg_d2": ["model_configs/*.json"]},
     install_requires=[
-        # Each floor is the oldest release with the APIs named beside it; tests/test_environment.py
-        # fails if one drops below them. torch/torchvision are pinned by requirements/constraints.txt
-        # in this repository's Makefile; users bring their own CUDA build.
+        # Each floor is the oldest release with the APIs named beside it;
+        # tests/test_environment.py fails if one drops below them. torch/torchvision are pinned by
+        # requirements/constraints.txt in this repository's Makefile; users bring their own CUDA
+        # build.
         # torch.is_autocast_enabled(device_type) (2.4; meta_arch's feature cache); 2.3 added
         # torch.amp.GradScaler("cpu"), torch.uint16 and torch.nn.attention.sdpa_kernel.
         "torch>=2.4",
-        "torchvision>=0.19",  # the release built for torch 2.4 (not imported here; Detectron2 uses it)
+        # torchvision: the release built for torch 2.4 (not imported here; Detectron2 uses it).
+        "torchvision>=0.19",
         # np.random.default_rng (1.17); <2: Detectron2's SemSegEvaluator breaks on numpy 2.
         "numpy>=1.17,<2",
-        # open_clip.constants.HF_SAFE_WEIGHTS_NAME (2.27); the batch-first Transformer (2.26.1) that
-        # D2OpenCLIPViT feeds B x N x C tokens (2.24's sequence-first one mixes the images silently).
+        # open_clip.constants.HF_SAFE_WEIGHTS_NAME (2.27); the batch-first Transformer (2.26.1)
+        # that D2OpenCLIPViT feeds B x N x C tokens (2.24's sequence-first one mixes the images
+        # silently).
         "open_clip_torch>=2.27",
         "fvcore",  # no floor: only used through Detectron2
         "pycocotools",  # no floor: only used through Detectron2
-        "opencv-python-headless",  # no floor: long-standing cv2 calls only (resize, LUT, fillPoly, imwrite)
+        # No floor for OpenCV: long-standing cv2 calls only (resize, LUT, fillPoly, imwrite).
+        "opencv-python-headless",
         # shardlists.expand_urls, SimpleShardList(seed=), shuffle(rng=): the oldest release tested.
         "webdataset>=0.2.86",
         "tqdm",
@@ -35,7 +39,17 @@ setup(
     ],
     extras_require={
         # packaging: tests/test_environment.py checks the installed versions against the floors.
-        "dev": ["pytest>=7", "pytest-timeout", "scipy", "packaging"],
+        # black, isort, flake8: `make lint` (settings in pyproject.toml and .flake8); black's
+        # stable style changes only with its yearly major version, so it is pinned to one.
+        "dev": [
+            "pytest>=7",
+            "pytest-timeout",
+            "scipy",
+            "packaging",
+            "black>=26.1,<27",
+            "flake8>=7,<8",
+            "isort>=5.13,<10",
+        ],
         # datasets/prepare_pascal_context.py reads PASCAL Context's .mat files.
         "datasets": ["scipy"],
     },

@@ -4,8 +4,8 @@
 Input under $DETECTRON2_DATASETS/coco (the official archives):
     val2017/*.jpg                                   # val2017.zip
     stuffthingmaps/val2017/*.png                    # stuffthingmaps_trainval2017.zip, unzipped
-                                                    # into coco/stuffthingmaps/ (value = COCO id - 1,
-                                                    # 255 = unlabeled)
+                                                    # into coco/stuffthingmaps/ (value = COCO
+                                                    # id - 1, 255 = unlabeled)
 Output:
     stuffthingmaps_detectron2/val2017/*.png         # 0..170 contiguous, 255 = unlabeled
 
@@ -17,7 +17,12 @@ import functools
 import glob
 import os
 
-from vilseg_d2.data.datasets.prepare_utils import lookup_table, read_label_png, run_tasks, write_label_png
+from vilseg_d2.data.datasets.prepare_utils import (
+    lookup_table,
+    read_label_png,
+    run_tasks,
+    write_label_png,
+)
 from vilseg_d2.data.datasets.register_coco_stuff import COCO_STUFF_CATEGORIES
 
 # Stored value (COCO id - 1) -> contiguous class index; everything else (e.g. 182 = "other",
@@ -39,7 +44,8 @@ def main(argv=None) -> int:
     files = sorted(glob.glob(os.path.join(src_dir, "*.png")))
     if not files:
         raise FileNotFoundError(
-            f"No masks in {src_dir}: unzip stuffthingmaps_trainval2017.zip into {coco}/stuffthingmaps/"
+            f"No masks in {src_dir}: unzip stuffthingmaps_trainval2017.zip into "
+            f"{coco}/stuffthingmaps/"
         )
     if not os.path.isdir(os.path.join(coco, "val2017")):
         raise FileNotFoundError(f"{coco}/val2017 not found: unzip val2017.zip into {coco}/")

@@ -71,9 +71,13 @@ def load_label_map(path: str) -> np.ndarray:
     try:
         from scipy.io import loadmat
     except ImportError:
-        raise ImportError("Reading PASCAL Context's .mat files needs scipy: pip install scipy") from None
+        raise ImportError(
+            "Reading PASCAL Context's .mat files needs scipy: pip install scipy"
+        ) from None
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: is trainval.tar.gz extracted into pascal_context/?")
+        raise FileNotFoundError(
+            f"{path} not found: is trainval.tar.gz extracted into pascal_context/?"
+        )
     return np.asarray(loadmat(path)["LabelMap"])
 
 
@@ -93,7 +97,9 @@ def convert_one(image_id: str, base: str, lut59: np.ndarray, lut60: np.ndarray) 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default=os.getenv("DETECTRON2_DATASETS", "datasets"))
-    parser.add_argument("--labels", default=None, help="labels.txt (default pascal_context/labels.txt)")
+    parser.add_argument(
+        "--labels", default=None, help="labels.txt (default pascal_context/labels.txt)"
+    )
     parser.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8))
     args = parser.parse_args(argv)
     base = os.path.join(args.root, "pascal_context")

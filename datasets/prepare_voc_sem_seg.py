@@ -34,8 +34,12 @@ LUT_20 = lookup_table({i: i - 1 for i in range(1, 21)})
 
 def convert_one(image_id: str, voc: str) -> None:
     label = read_label_png(os.path.join(voc, "SegmentationClass", image_id + ".png"))
-    write_label_png(os.path.join(voc, "annotations_detectron2", "val", image_id + ".png"), LUT_21[label])
-    write_label_png(os.path.join(voc, "annotations_detectron2_20", "val", image_id + ".png"), LUT_20[label])
+    write_label_png(
+        os.path.join(voc, "annotations_detectron2", "val", image_id + ".png"), LUT_21[label]
+    )
+    write_label_png(
+        os.path.join(voc, "annotations_detectron2_20", "val", image_id + ".png"), LUT_20[label]
+    )
     link_or_copy(
         os.path.join(voc, "JPEGImages", image_id + ".jpg"),
         os.path.join(voc, "images_detectron2", "val", image_id + ".jpg"),
@@ -49,7 +53,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     voc = os.path.join(args.root, "VOCdevkit", "VOC2012")
     ids = read_ids(os.path.join(voc, "ImageSets", "Segmentation", "val.txt"))
-    run_tasks(functools.partial(convert_one, voc=voc), ids, workers=args.workers, desc="VOC 2012 val")
+    run_tasks(
+        functools.partial(convert_one, voc=voc), ids, workers=args.workers, desc="VOC 2012 val"
+    )
     print(f"Wrote {len(ids)} images and masks under {voc}")
     return len(ids)
 

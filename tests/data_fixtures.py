@@ -17,7 +17,9 @@ def random_image(h: int = 48, w: int = 64, seed: int = 0) -> np.ndarray:
     """A smooth random RGB uint8 image (compresses like a photo)."""
     rng = np.random.default_rng(seed)
     small = rng.integers(0, 256, size=(4, 4, 3)).astype(np.float32)
-    return np.clip(cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR), 0, 255).astype(np.uint8)
+    return np.clip(cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR), 0, 255).astype(
+        np.uint8
+    )
 
 
 def jpeg_bytes(h: int = 48, w: int = 64, seed: int = 0) -> bytes:
@@ -49,9 +51,15 @@ def write_tar(path: str, members: list[tuple[str, bytes]]) -> str:
 def broken_members(kind: str, key: str, seed: int) -> list[tuple[str, bytes]]:
     good_jpg = jpeg_bytes(seed=seed)
     members = {
-        "truncated_jpeg": [(f"{key}.jpg", good_jpg[: len(good_jpg) // 2]), (f"{key}.txt", b"a cut image")],
+        "truncated_jpeg": [
+            (f"{key}.jpg", good_jpg[: len(good_jpg) // 2]),
+            (f"{key}.txt", b"a cut image"),
+        ],
         "zero_byte": [(f"{key}.jpg", b""), (f"{key}.txt", b"an empty file")],
-        "not_image": [(f"{key}.jpg", b"<html>404 Not Found</html>"), (f"{key}.txt", b"an html page")],
+        "not_image": [
+            (f"{key}.jpg", b"<html>404 Not Found</html>"),
+            (f"{key}.txt", b"an html page"),
+        ],
         "no_image": [(f"{key}.json", b'{"status": "failed"}'), (f"{key}.txt", b"only a caption")],
         "empty_caption": [(f"{key}.jpg", good_jpg), (f"{key}.txt", b"")],
         "whitespace_caption": [(f"{key}.jpg", good_jpg), (f"{key}.txt", b"  \n\t ")],
@@ -132,7 +140,9 @@ def _palette_png(path: str, label: np.ndarray) -> None:
     img.save(path)
 
 
-def make_voc2012(root: str, ids=("2007_000033", "2007_000042", "2008_000001")) -> dict[str, np.ndarray]:
+def make_voc2012(
+    root: str, ids=("2007_000033", "2007_000042", "2008_000001")
+) -> dict[str, np.ndarray]:
     """VOCdevkit/VOC2012 as extracted from VOCtrainval_11-May-2012.tar (a few val images, one
     train image that must be left out). Returns the val masks written."""
     voc = os.path.join(root, "VOCdevkit", "VOC2012")
@@ -140,7 +150,9 @@ def make_voc2012(root: str, ids=("2007_000033", "2007_000042", "2008_000001")) -
     masks = {}
     for k, image_id in enumerate(list(ids) + ["2007_000032"]):
         h, w = 20 + k, 30
-        Image.fromarray(random_image(h, w, seed=k)).save(os.path.join(_mk(voc, "JPEGImages"), image_id + ".jpg"))
+        Image.fromarray(random_image(h, w, seed=k)).save(
+            os.path.join(_mk(voc, "JPEGImages"), image_id + ".jpg")
+        )
         label = rng.integers(0, 21, size=(h, w)).astype(np.uint8)
         label[0, :] = 255  # the boundary ("void") label
         label[1, :3] = [0, 1, 20]
@@ -179,7 +191,9 @@ def make_pascal_context(root: str, ids=("2008_000002", "2008_000003", "2010_0059
     maps = {}
     for k, image_id in enumerate(list(ids) + ["2008_000008"]):
         h, w = 18, 24 + k
-        Image.fromarray(random_image(h, w, seed=10 + k)).save(os.path.join(_mk(voc, "JPEGImages"), image_id + ".jpg"))
+        Image.fromarray(random_image(h, w, seed=10 + k)).save(
+            os.path.join(_mk(voc, "JPEGImages"), image_id + ".jpg")
+        )
         label = rng.integers(1, 460, size=(h, w)).astype(np.uint16)
         label[0, :4] = [name_to_id["aeroplane"], name_to_id["wood"], name_to_id["cat"], 0]
         savemat(os.path.join(_mk(base, "trainval"), image_id + ".mat"), {"LabelMap": label})
@@ -196,10 +210,21 @@ def make_coco_stuff(root: str, n: int = 3) -> dict[str, np.ndarray]:
     maps = {}
     for k in range(n):
         name = f"{139 + k:012d}"
-        Image.fromarray(random_image(16, 20, seed=20 + k)).save(os.path.join(_mk(coco, "val2017"), name + ".jpg"))
+        Image.fromarray(random_image(16, 20, seed=20 + k)).save(
+            os.path.join(_mk(coco, "val2017"), name + ".jpg")
+        )
         label = rng.integers(0, 183, size=(16, 20)).astype(np.uint8)
-        label[0, :6] = [0, 11, 90, 91, 181, 255]  # person, id 12 (unused), 91 (unused), banner, wood
-        Image.fromarray(label, mode="L").save(os.path.join(_mk(coco, "stuffthingmaps", "val2017"), name + ".png"))
+        label[0, :6] = [
+            0,
+            11,
+            90,
+            91,
+            181,
+            255,
+        ]  # person, id 12 (unused), 91 (unused), banner, wood
+        Image.fromarray(label, mode="L").save(
+            os.path.join(_mk(coco, "stuffthingmaps", "val2017"), name + ".png")
+        )
         maps[name] = label
     return maps
 

@@ -5,11 +5,19 @@ import os
 
 
 def shard_loader_rank(
-    rank: int, world_size: int, init_file: str, shard_dir: str, out_dir: str, per_rank_epoch: int, num_workers: int
+    rank: int,
+    world_size: int,
+    init_file: str,
+    shard_dir: str,
+    out_dir: str,
+    per_rank_epoch: int,
+    num_workers: int,
 ):
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
+    )
     try:
         from detectron2.config import get_cfg
 

@@ -18,18 +18,35 @@ def tiny_cfg(**overrides):
     Inference is the paper's, without the yaml's mask refinement (its tests switch it on). The
     rest is the yaml's, e.g. the per-image joint distribution of L_cluster (`CLUSTER_JOINT`).
     """
-    opts = ["MODEL.DEVICE", "cpu", "DATASETS.TEST", (), "MODEL.VILSEG.AUX_WARMUP_ITERS", (0, 0),
-            "MODEL.VILSEG.DETACH_CLUSTER_ENCODER", False, "MODEL.VILSEG.REFINE_ITERS", 0]
+    opts = [
+        "MODEL.DEVICE",
+        "cpu",
+        "DATASETS.TEST",
+        (),
+        "MODEL.VILSEG.AUX_WARMUP_ITERS",
+        (0, 0),
+        "MODEL.VILSEG.DETACH_CLUSTER_ENCODER",
+        False,
+        "MODEL.VILSEG.REFINE_ITERS",
+        0,
+    ]
     for k, v in overrides.items():
         opts += [k.replace("__", "."), v]
     return get_vilseg_cfg(TINY_CONFIG, opts)
 
 
 def square_on_texture(size=64, lo=20, hi=44, seed=0):
-    """A flat orange square [lo, hi)^2 on a noisy, slowly varying background: 3 x size x size in 0-1."""
+    """A flat orange square [lo, hi)^2 on a noisy, slowly varying background: 3 x size x size in
+    0-1."""
     g = torch.Generator().manual_seed(seed)
     ramp = torch.linspace(0.3, 0.6, size)
-    image = torch.stack([ramp[None].expand(size, size), ramp[:, None].expand(size, size), torch.full((size, size), 0.5)])
+    image = torch.stack(
+        [
+            ramp[None].expand(size, size),
+            ramp[:, None].expand(size, size),
+            torch.full((size, size), 0.5),
+        ]
+    )
     image = image + 0.05 * torch.randn(3, size, size, generator=g)
     image[:, lo:hi, lo:hi] = torch.tensor([0.9, 0.5, 0.1]).view(3, 1, 1)
     truth = torch.zeros(size, size, dtype=torch.bool)

@@ -1,6 +1,5 @@
 """D2OpenCLIPViT and D2OpenCLIPViTPyramid: shapes, interpolation, options, loading, pluggability."""
 
-import os
 import time
 
 import open_clip
@@ -8,14 +7,11 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_backbone, build_model
-from detectron2.solver import build_optimizer
 
 import vilseg_d2  # noqa: F401
 from vilseg_d2 import add_vilseg_backbone_config
 from vilseg_d2.modeling import D2OpenCLIPViT, D2OpenCLIPViTPyramid
 from vilseg_d2.modeling.open_clip_model import create_open_clip_model, resolve_pretrained
-
-from helpers import tiny_cfg
 
 
 def backbone_cfg(**kw):
@@ -34,7 +30,11 @@ def test_output_shape_is_truthful_for_any_multiple_of_the_patch(size):
     bb = build_backbone(backbone_cfg())
     assert bb.size_divisibility == 16
     shapes = bb.output_shape()
-    assert shapes["emb"].channels == 128 and shapes["res"].channels == 128 and shapes["emb"].stride == 16
+    assert (
+        shapes["emb"].channels == 128
+        and shapes["res"].channels == 128
+        and shapes["emb"].stride == 16
+    )
     out = bb(torch.randn(2, 3, *size))
     for name, spec in shapes.items():
         assert out[name].shape == (2, spec.channels, size[0] // spec.stride, size[1] // spec.stride)
@@ -75,14 +75,28 @@ def test_bad_input_sizes_give_clear_errors():
 
 
 def test_conv_stem_and_freeze():
-    stem = build_backbone(backbone_cfg(MODEL__CLIP_VIT__CONV_STEM=True, MODEL__CLIP_VIT__CONV_STEM_WIDTH=8))
+    stem = build_backbone(
+        backbone_cfg(MODEL__CLIP_VIT__CONV_STEM=True, MODEL__CLIP_VIT__CONV_STEM_WIDTH=8)
+    )
     assert stem.conv_stem is not None and not hasattr(stem.visual, "conv1")
     assert stem(torch.randn(1, 3, 96, 64))["emb"].shape == (1, 128, 6, 4)
     deep = build_backbone(
-        backbone_cfg(MODEL__CLIP_VIT__CONV_STEM=True, MODEL__CLIP_VIT__CONV_STEM_WIDTH=8, MODEL__CLIP_VIT__CONV_STEM_DEPTH=2)
+        backbone_cfg(
+            MODEL__CLIP_VIT__CONV_STEM=True,
+            MODEL__CLIP_VIT__CONV_STEM_WIDTH=8,
+            MODEL__CLIP_VIT__CONV_STEM_DEPTH=2,
+        )
     )
-    convs = [m for m in deep.conv_stem.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
-    assert [c.stride[0] for c in convs] == [2, 1, 1] * 4  # per stage: one stride-2 conv + 2 stride-1 convs
+    convs = [
+        m
+        for m in deep.conv_stem.modules()
+        if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)
+    ]
+    assert [c.stride[0] for c in convs] == [
+        2,
+        1,
+        1,
+    ] * 4  # per stage: one stride-2 conv + 2 stride-1 convs
     assert deep(torch.randn(1, 3, 96, 64))["emb"].shape == (1, 128, 6, 4)
 
     frozen = build_backbone(backbone_cfg(MODEL__CLIP_VIT__FREEZE=True))
@@ -90,7 +104,11 @@ def test_conv_stem_and_freeze():
 
 
 def test_batch_norm_stem_and_a_frozen_stem_keeps_its_statistics():
-    cfg = dict(MODEL__CLIP_VIT__CONV_STEM=True, MODEL__CLIP_VIT__CONV_STEM_WIDTH=8, MODEL__CLIP_VIT__CONV_STEM_NORM="BN")
+    cfg = dict(
+        MODEL__CLIP_VIT__CONV_STEM=True,
+        MODEL__CLIP_VIT__CONV_STEM_WIDTH=8,
+        MODEL__CLIP_VIT__CONV_STEM_NORM="BN",
+    )
     bn = build_backbone(backbone_cfg(**cfg)).train()
     norms = [m for m in bn.conv_stem.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert len(norms) == 4  # one per stride-2 conv of a patch-16 stem
@@ -99,9 +117,15 @@ def test_batch_norm_stem_and_a_frozen_stem_keeps_its_statistics():
 
     frozen = build_backbone(backbone_cfg(**cfg, MODEL__CLIP_VIT__FREEZE=True)).train()
     assert not frozen.training and not any(m.training for m in frozen.modules())
-    before = [m.running_mean.clone() for m in frozen.conv_stem.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [
+        m.running_mean.clone()
+        for m in frozen.conv_stem.modules()
+        if isinstance(m, torch.nn.BatchNorm2d)
+    ]
     frozen(torch.randn(4, 3, 64, 64) + 3)
-    after = [m.running_mean for m in frozen.conv_stem.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    after = [
+        m.running_mean for m in frozen.conv_stem.modules() if isinstance(m, torch.nn.BatchNorm2d)
+    ]
     assert all(torch.equal(a, b) for a, b in zip(before, after))
 
 
@@ -148,14 +172,21 @@ def test_pyramid_gives_p2_to_p6():
     bb = build_backbone(cfg)
     assert isinstance(bb, D2OpenCLIPViTPyramid)
     shapes = bb.output_shape()
-    assert {k: v.stride for k, v in shapes.items()} == {"p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64}
+    assert {k: v.stride for k, v in shapes.items()} == {
+        "p2": 4,
+        "p3": 8,
+        "p4": 16,
+        "p5": 32,
+        "p6": 64,
+    }
     out = bb(torch.randn(1, 3, 128, 192))
     for k, spec in shapes.items():
         assert out[k].shape == (1, 32, 128 // spec.stride, 192 // spec.stride)
 
 
 def test_stock_semantic_segmentor_trains_on_the_pyramid_backbone():
-    """Pluggability: Detectron2's own SemanticSegmentor + SemSegFPNHead, a few steps, loss goes down."""
+    """Pluggability: Detectron2's own SemanticSegmentor + SemSegFPNHead, a few steps, loss goes
+    down."""
     cfg = backbone_cfg()
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.META_ARCHITECTURE = "SemanticSegmentor"

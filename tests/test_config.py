@@ -1,4 +1,5 @@
-"""get_vilseg_cfg: a config asking for CUDA where there is none is an error, never a silent CPU run."""
+"""get_vilseg_cfg: a config asking for CUDA where there is none is an error, never a silent CPU
+run."""
 
 import pytest
 import torch
@@ -12,7 +13,9 @@ from helpers import TINY_CONFIG
 def test_cuda_without_cuda_raises_saying_to_pass_cpu(monkeypatch, device):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     opts = [] if device == "cuda" else ["MODEL.DEVICE", device]  # "cuda" is Detectron2's default
-    with pytest.raises(RuntimeError, match=rf"CUDA was requested \(MODEL.DEVICE={device}\) but is not available") as e:
+    with pytest.raises(
+        RuntimeError, match=rf"CUDA was requested \(MODEL.DEVICE={device}\) but is not available"
+    ) as e:
         get_vilseg_cfg(TINY_CONFIG, opts)
     assert "pass MODEL.DEVICE cpu" in str(e.value)
 

@@ -30,7 +30,8 @@ TOLERANCE = 1e-6
 
 
 def _assignments(pixels: int, clusters: int, sharpness: float, seed: int) -> tuple:
-    """Two views' N x C soft assignments: ``sharpness`` scales the logits (large = nearly one-hot)."""
+    """Two views' N x C soft assignments: ``sharpness`` scales the logits (large = nearly
+    one-hot)."""
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(pixels, clusters, generator=g)
     noise = 0.3 * torch.randn(pixels, clusters, generator=g)
@@ -68,7 +69,9 @@ def test_cross_modal_loss_is_exact_in_low_precision(dtype):
     image, text = torch.randn(768, 512, generator=g), torch.randn(768, 512, generator=g)
     text = text + 0.1 * image  # positives stand out a little: a loss between 1 and ln 768
     scale = torch.tensor(100.0)
-    value, reference = _exact_under_autocast(dtype, lambda i, t: cross_modal_contrastive_loss(i, t, scale), image, text)
+    value, reference = _exact_under_autocast(
+        dtype, lambda i, t: cross_modal_contrastive_loss(i, t, scale), image, text
+    )
     assert 1 < reference < math.log(768)
     assert value == pytest.approx(reference, rel=TOLERANCE)
 
@@ -87,7 +90,9 @@ def test_self_distillation_loss_is_exact_in_low_precision(dtype):
 
 
 def _criterion(**kwargs) -> ViLSegCriterion:
-    defaults = dict(weight_dict={"loss_vision": 1.0, "loss_cross": 1.0, "loss_cluster": 1.0}, proj_dim=16)
+    defaults = dict(
+        weight_dict={"loss_vision": 1.0, "loss_cross": 1.0, "loss_cluster": 1.0}, proj_dim=16
+    )
     return ViLSegCriterion(**{**defaults, **kwargs})
 
 
@@ -125,9 +130,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _cluster_step(head: nn.Module, criterion: ViLSegCriterion, emb: torch.Tensor, emb_tf: torch.Tensor):
+def _cluster_step(
+    head: nn.Module, criterion: ViLSegCriterion, emb: torch.Tensor, emb_tf: torch.Tensor
+):
     """L_cluster of a 1x1-conv head on two views' B x D x h x w embeddings, and its backward."""
-    loss = criterion({"clusters": head(emb).softmax(1), "clusters_tf": head(emb_tf).softmax(1)}, iteration=0)
+    loss = criterion(
+        {"clusters": head(emb).softmax(1), "clusters_tf": head(emb_tf).softmax(1)}, iteration=0
+    )
     loss = loss["loss_cluster"]
     loss.backward()
     return loss.detach()
@@ -144,7 +153,9 @@ def _global_joint_worker(rank, world, port, state, emb, emb_tf, out):
             head.load_state_dict(state)
             ddp = DistributedDataParallel(head)  # averages the processes' gradients, as in training
             weights = {"loss_vision": 0.0, "loss_cross": 0.0, "loss_cluster": 1.0}
-            loss = _cluster_step(ddp, _criterion(weight_dict=weights, cluster_joint=joint), emb[rows], emb_tf[rows])
+            loss = _cluster_step(
+                ddp, _criterion(weight_dict=weights, cluster_joint=joint), emb[rows], emb_tf[rows]
+            )
             out[(joint, rank)] = (loss, {k: p.grad.clone() for k, p in head.named_parameters()})
     finally:
         dist.destroy_process_group()
@@ -152,7 +163,8 @@ def _global_joint_worker(rank, world, port, state, emb, emb_tf, out):
 
 @pytest.fixture(scope="module")
 def two_process_cluster_runs():
-    """L_cluster of 4 images on 1 process, and on 2 gloo processes of 2 images each (global and batch J)."""
+    """L_cluster of 4 images on 1 process, and on 2 gloo processes of 2 images each (global and
+    batch J)."""
     torch.manual_seed(0)
     emb, emb_tf = torch.randn(4, 6, 5, 5), torch.randn(4, 6, 5, 5)
     emb_tf = emb + 0.5 * emb_tf
@@ -164,7 +176,9 @@ def two_process_cluster_runs():
     ref_loss = _cluster_step(head, single, emb, emb_tf)
     reference = (ref_loss, {k: p.grad.clone() for k, p in head.named_parameters()})
     out = mp.Manager().dict()
-    mp.spawn(_global_joint_worker, args=(2, _free_port(), state, emb, emb_tf, out), nprocs=2, join=True)
+    mp.spawn(
+        _global_joint_worker, args=(2, _free_port(), state, emb, emb_tf, out), nprocs=2, join=True
+    )
     return reference, {joint: [out[(joint, r)] for r in range(2)] for joint in ("global", "batch")}
 
 
@@ -182,7 +196,9 @@ def test_global_joint_equals_one_process_on_the_whole_batch(two_process_cluster_
 def _old_layout(state_dict: dict) -> dict:
     """A state dict as ViLSeg wrote it before the criterion had a module of its own: DINO's
     center at the top level as ``center``, a step count ``num_updates``, module version 1."""
-    old = type(state_dict)((("center" if k == "criterion.center" else k), v) for k, v in state_dict.items())
+    old = type(state_dict)(
+        (("center" if k == "criterion.center" else k), v) for k, v in state_dict.items()
+    )
     old["num_updates"] = torch.tensor(1120)
     old._metadata = {k: dict(v) for k, v in state_dict._metadata.items()}
     old._metadata[""]["version"] = 1
@@ -204,7 +220,9 @@ def test_checkpoint_of_the_old_layout_loads(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         extra = checkpointer.load(str(path))
     assert extra["iteration"] == 1119
-    assert "not found" not in caplog.text and "not used by the model" not in caplog.text, caplog.text
+    assert (
+        "not found" not in caplog.text and "not used by the model" not in caplog.text
+    ), caplog.text
     torch.testing.assert_close(fresh.criterion.center, trained.criterion.center, rtol=0, atol=0)
     for name, value in trained.state_dict().items():
         torch.testing.assert_close(fresh.state_dict()[name], value, rtol=0, atol=0, msg=name)

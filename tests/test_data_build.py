@@ -4,12 +4,13 @@ import json
 
 import pytest
 import torch
-from data_fixtures import make_shards, write_images
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 
 from vilseg_d2.config import add_vilseg_config
 from vilseg_d2.data import SkippedRecordsError, build_caption_train_loader, register_caption_dataset
+
+from data_fixtures import make_shards, write_images
 
 
 def tiny_cfg(*train, batch=4, workers=0):
@@ -76,7 +77,9 @@ def test_config_errors(manifest_dataset):
     cfg = tiny_cfg()
     with pytest.raises(ValueError, match="DATASETS.TRAIN is empty"):
         build_caption_train_loader(cfg)
-    DatasetCatalog.register("test_not_captions", lambda: [{"file_name": "a.jpg", "sem_seg_file_name": "a.png"}])
+    DatasetCatalog.register(
+        "test_not_captions", lambda: [{"file_name": "a.jpg", "sem_seg_file_name": "a.png"}]
+    )
     with pytest.raises(ValueError, match="not a caption dataset"):
         build_caption_train_loader(tiny_cfg("test_not_captions"))
     DatasetCatalog.remove("test_not_captions")

@@ -1,11 +1,9 @@
 """Manifest (JSONL / TSV) and COCO captions readers, and caption dataset registration."""
 
 import json
-import logging
 import os
 
 import pytest
-from data_fixtures import write_images
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from vilseg_d2.data import SkippedRecordsError, register_caption_dataset
@@ -14,7 +12,7 @@ from vilseg_d2.data.caption_datasets import read_caption_manifest, read_coco_cap
 from vilseg_d2.data.caption_stream import CaptionTrainStream
 from vilseg_d2.data.skip_tracker import BadRecordError
 
-
+from data_fixtures import write_images
 
 
 def _jsonl(path, lines):
@@ -42,7 +40,10 @@ def test_jsonl_manifest_bad_lines_reported_with_numbers(tmp_path, vlog):
     contents = read_caption_manifest(path, str(tmp_path / "img"))
     assert [n for n, _ in contents.bad_lines] == [3, 4, 5, 7]
     assert contents.num_lines == 7 and len(contents.records) == 3
-    assert contents.records[0] == {"file_name": str(tmp_path / "img" / names[0]), "caption": "a red car"}
+    assert contents.records[0] == {
+        "file_name": str(tmp_path / "img" / names[0]),
+        "caption": "a red car",
+    }
     assert len(contents.records[1]["caption"]) == 10000
     assert "line 3" in vlog.text and "not valid JSON" in vlog.text
     assert "skipped 4 of 7 lines" in vlog.text
@@ -83,7 +84,10 @@ def test_map_style_skips_and_draws_the_next(tmp_path, vlog):
     register_caption_dataset("test_map_skip", manifest=_jsonl(tmp_path / "m.jsonl", lines))
     source, _ = build_caption_source("test_map_skip", seed=3)
     ds = CaptionTrainStream(
-        [("test_map_skip", source, 1.0)], lambda r: _mapped_caption(r), max_skip_fraction=0.5, min_records=5
+        [("test_map_skip", source, 1.0)],
+        lambda r: _mapped_caption(r),
+        max_skip_fraction=0.5,
+        min_records=5,
     )
     it = iter(ds)
     out = [next(it) for _ in range(30)]
@@ -104,7 +108,9 @@ def _mapped_caption(record):
 def test_coco_captions(tmp_path):
     names = write_images(str(tmp_path / "train2017"), 3)
     ann = {
-        "images": [{"id": i + 1, "file_name": n, "height": 32, "width": 36} for i, n in enumerate(names)],
+        "images": [
+            {"id": i + 1, "file_name": n, "height": 32, "width": 36} for i, n in enumerate(names)
+        ],
         "annotations": [
             {"id": 10, "image_id": 1, "caption": "a man riding a horse"},
             {"id": 11, "image_id": 1, "caption": "a horse with its rider"},
@@ -117,7 +123,9 @@ def test_coco_captions(tmp_path):
     assert len(records) == 2  # image 3 has no caption
     assert records[0]["captions"] == ["a man riding a horse", "a horse with its rider"]
     assert records[0]["file_name"] == os.path.join(str(tmp_path / "train2017"), names[0])
-    register_caption_dataset("test_coco_caps", coco_json=str(path), image_root=str(tmp_path / "train2017"))
+    register_caption_dataset(
+        "test_coco_caps", coco_json=str(path), image_root=str(tmp_path / "train2017")
+    )
     assert DatasetCatalog.get("test_coco_caps") == records
     assert MetadataCatalog.get("test_coco_caps").caption_source_type == "coco"
     with pytest.raises(ValueError, match="COCO captions"):
@@ -148,7 +156,9 @@ def test_builtin_caption_datasets_registered():
 
 
 def test_missing_data_errors_say_what_to_do(tmp_path):
-    register_caption_dataset("test_absent", manifest=str(tmp_path / "absent.jsonl"), missing_hint="run X")
+    register_caption_dataset(
+        "test_absent", manifest=str(tmp_path / "absent.jsonl"), missing_hint="run X"
+    )
     with pytest.raises(FileNotFoundError, match="run X"):
         DatasetCatalog.get("test_absent")
     with pytest.raises(FileNotFoundError, match="run X"):

@@ -3,6 +3,7 @@
 import json
 
 import torch.multiprocessing as mp
+
 from data_fixtures import make_shards
 from data_fixtures_dist import shard_loader_rank
 
@@ -12,7 +13,14 @@ def test_two_ranks_read_disjoint_samples(tmp_path):
     per_rank_epoch = len(good) // 2
     mp.spawn(
         shard_loader_rank,
-        args=(2, str(tmp_path / "init"), str(tmp_path / "shards"), str(tmp_path), per_rank_epoch, 0),
+        args=(
+            2,
+            str(tmp_path / "init"),
+            str(tmp_path / "shards"),
+            str(tmp_path),
+            per_rank_epoch,
+            0,
+        ),
         nprocs=2,
         join=True,
     )

@@ -4,11 +4,12 @@ import io
 
 import numpy as np
 import pytest
-from data_fixtures import jpeg_bytes, png_bytes, random_image
 from PIL import Image
 
 from vilseg_d2.data.image_io import decode_image, validate_caption
 from vilseg_d2.data.skip_tracker import BadRecordError
+
+from data_fixtures import jpeg_bytes, png_bytes, random_image
 
 
 def test_jpeg_and_file_path(tmp_path):
@@ -50,7 +51,9 @@ def test_png_with_alpha_composited_over_white():
     assert img.shape == (4, 4, 3) and img.dtype == np.uint8
     assert tuple(img[0, 0]) == (200, 10, 10)
     assert tuple(img[0, 1]) == (255, 255, 255)
-    assert tuple(img[0, 2]) == tuple(np.rint(np.array([200, 10, 10]) * 128 / 255 + 255 * 127 / 255).astype(int))
+    assert tuple(img[0, 2]) == tuple(
+        np.rint(np.array([200, 10, 10]) * 128 / 255 + 255 * 127 / 255).astype(int)
+    )
 
 
 def test_palette_with_transparency():
@@ -109,7 +112,10 @@ def test_draft_keeps_min_size():
 
 @pytest.mark.parametrize(
     "caption, expected",
-    [("  a cat on a mat \n", "a cat on a mat"), ("un chat \u00e9tonn\u00e9".encode(), "un chat \u00e9tonn\u00e9")],
+    [
+        ("  a cat on a mat \n", "a cat on a mat"),
+        ("un chat \u00e9tonn\u00e9".encode(), "un chat \u00e9tonn\u00e9"),
+    ],
 )
 def test_valid_captions(caption, expected):
     assert validate_caption(caption) == expected

@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 import torch
-from data_fixtures import jpeg_bytes, png_bytes, random_image
 from detectron2.config import get_cfg
 
 from vilseg_d2.config import add_vilseg_config
 from vilseg_d2.data import BadRecordError, ViLSegCaptionDatasetMapper
+
+from data_fixtures import jpeg_bytes, png_bytes, random_image
 
 
 def _mapper(**kw):
@@ -54,7 +55,9 @@ def test_output_shapes_and_types(tmp_path):
 def test_channel_order_follows_input_format(fmt, channel):
     red = np.zeros((40, 40, 3), np.uint8)
     red[..., 0] = 255  # pure red, RGB
-    out = _mapper(image_format=fmt, color_mul=0, color_add=0)({"image_bytes": png_bytes(red), "caption": "red"})
+    out = _mapper(image_format=fmt, color_mul=0, color_add=0)(
+        {"image_bytes": png_bytes(red), "caption": "red"}
+    )
     for t in [out["image"], out["transformed_image"], *out["local_crops"]]:
         assert (t[channel] == 255).all() and (t.sum(0) == 255).all()
 
@@ -67,7 +70,9 @@ def test_undoing_the_flip_restores_the_layout():
     assert not torch.equal(out["transformed_image"], out["image"])
     assert torch.equal(out["transformed_image"].flip(-1), out["image"])  # g^-1 on the geometry
 
-    out = _mapper(color_mul=0.0, color_add=0.0, flip_prob=0.0)({"image_bytes": data, "caption": "x"})
+    out = _mapper(color_mul=0.0, color_add=0.0, flip_prob=0.0)(
+        {"image_bytes": data, "caption": "x"}
+    )
     assert out["flip"] is False and torch.equal(out["transformed_image"], out["image"])
 
 
@@ -75,7 +80,9 @@ def test_colour_change_is_a_per_channel_affine_map():
     data = png_bytes(random_image(60, 90, seed=4))
     flips = []
     for _ in range(20):
-        out = _mapper(color_mul=0.3, color_add=0.1, flip_prob=0.5)({"image_bytes": data, "caption": "x"})
+        out = _mapper(color_mul=0.3, color_add=0.1, flip_prob=0.5)(
+            {"image_bytes": data, "caption": "x"}
+        )
         flips.append(out["flip"])
         tf = out["transformed_image"].flip(-1) if out["flip"] else out["transformed_image"]
         x, y = out["image"].double(), tf.double()
@@ -92,8 +99,12 @@ def test_colour_change_is_a_per_channel_affine_map():
 @pytest.mark.parametrize("fmt", ["RGB", "BGR"])
 def test_local_crops_recoloured_and_grayscale(fmt):
     data = png_bytes(random_image(60, 90, seed=5))
-    plain = _mapper(image_format=fmt, local_scale=(1.0, 1.0), local_size=60)  # whole image: crops comparable
-    always_gray = _mapper(image_format=fmt, local_scale=(1.0, 1.0), local_size=60, local_grayscale_prob=1.0)
+    plain = _mapper(
+        image_format=fmt, local_scale=(1.0, 1.0), local_size=60
+    )  # whole image: crops comparable
+    always_gray = _mapper(
+        image_format=fmt, local_scale=(1.0, 1.0), local_size=60, local_grayscale_prob=1.0
+    )
     np.random.seed(1)
     ref = plain({"image_bytes": data, "caption": "x"})["local_crops"][0].double()
     np.random.seed(1)
@@ -105,9 +116,17 @@ def test_local_crops_recoloured_and_grayscale(fmt):
     assert (gray["local_crops"][0][0].double() - luma).abs().max() <= 1.0
     assert not torch.equal(gray["image"][0], gray["image"][1])  # the global view keeps its colours
 
-    coloured = _mapper(image_format=fmt, local_scale=(1.0, 1.0), local_size=60, local_color_mul=0.8, local_color_add=0.3)
+    coloured = _mapper(
+        image_format=fmt,
+        local_scale=(1.0, 1.0),
+        local_size=60,
+        local_color_mul=0.8,
+        local_color_add=0.3,
+    )
     crops = coloured({"image_bytes": data, "caption": "x"})["local_crops"]
-    assert all(not torch.equal(c.double(), ref) for c in crops)  # the same whole-image crop, recoloured
+    assert all(
+        not torch.equal(c.double(), ref) for c in crops
+    )  # the same whole-image crop, recoloured
     assert not torch.equal(crops[0], crops[1])  # drawn per crop
     with pytest.raises(ValueError, match="prob"):
         _mapper(local_grayscale_prob=1.5)
@@ -119,28 +138,44 @@ def test_global_view_recoloured_and_grayscale(fmt):
     plain = _mapper(image_format=fmt, global_scale=(1.0, 1.0), global_size=60)
     np.random.seed(2)
     ref = plain({"image_bytes": data, "caption": "x"})
-    gray = _mapper(image_format=fmt, global_scale=(1.0, 1.0), global_size=60, global_grayscale_prob=1.0)
+    gray = _mapper(
+        image_format=fmt, global_scale=(1.0, 1.0), global_size=60, global_grayscale_prob=1.0
+    )
     np.random.seed(2)
     out = gray({"image_bytes": data, "caption": "x"})
-    assert torch.equal(out["image"][0], out["image"][1]) and torch.equal(out["image"][1], out["image"][2])
+    assert torch.equal(out["image"][0], out["image"][1]) and torch.equal(
+        out["image"][1], out["image"][2]
+    )
     rgb = ref["image"].double() if fmt == "RGB" else ref["image"].double().flip(0)
     luma = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
     assert (out["image"][0].double() - luma).abs().max() <= 1.0
-    assert all(torch.equal(a, b) for a, b in zip(out["local_crops"], ref["local_crops"]))  # local crops as before
+    assert all(
+        torch.equal(a, b) for a, b in zip(out["local_crops"], ref["local_crops"])
+    )  # local crops as before
     # g(x) is made from the recoloured view: only its own colour change and flip separate them.
     tf = out["transformed_image"].double()
     tf = tf.flip(-1) if out["flip"] else tf
     assert np.corrcoef(tf[0].flatten(), out["image"][0].double().flatten())[0, 1] > 0.9
 
-    coloured = _mapper(image_format=fmt, global_scale=(1.0, 1.0), global_size=60, global_color_mul=0.8, global_color_add=0.3)
+    coloured = _mapper(
+        image_format=fmt,
+        global_scale=(1.0, 1.0),
+        global_size=60,
+        global_color_mul=0.8,
+        global_color_add=0.3,
+    )
     views = [coloured({"image_bytes": data, "caption": "x"})["image"] for _ in range(2)]
-    assert all(not torch.equal(v, ref["image"]) for v in views) and not torch.equal(views[0], views[1])
+    assert all(not torch.equal(v, ref["image"]) for v in views) and not torch.equal(
+        views[0], views[1]
+    )
 
 
 def test_captions_list_draws_one():
     mapper = _mapper()
     captions = ["one", "two", "three"]
-    seen = {mapper({"image_bytes": jpeg_bytes(), "captions": captions})["caption"] for _ in range(30)}
+    seen = {
+        mapper({"image_bytes": jpeg_bytes(), "captions": captions})["caption"] for _ in range(30)
+    }
     assert seen == set(captions)
 
 
@@ -204,7 +239,10 @@ def test_views_left_out_for_steps_without_the_auxiliary_objectives():
     out = ViLSegCaptionDatasetMapper(cfg, True, local_crops=False, transformed_view=False)(record)
     assert set(out) == {"image", "local_crops", "caption"} and out["local_crops"] == []
     out = ViLSegCaptionDatasetMapper(cfg, True, transformed_view=False)(record)
-    assert len(out["local_crops"]) == cfg.INPUT.VILSEG.NUM_LOCAL_CROPS and "transformed_image" not in out
+    assert (
+        len(out["local_crops"]) == cfg.INPUT.VILSEG.NUM_LOCAL_CROPS
+        and "transformed_image" not in out
+    )
 
 
 def test_training_views_follow_the_auxiliary_warmup_and_weights():

@@ -1,20 +1,18 @@
 """Webdataset shard streaming: broken members skipped and counted, the skip limit, unreadable
 and missing shards, per-epoch reshuffling, and the split across DataLoader workers."""
 
-import logging
 import os
 
 import numpy as np
 import pytest
 import torch
-from data_fixtures import BROKEN_KINDS, make_shards, write_tar
 
 from vilseg_d2.data import SkippedRecordsError, ViLSegCaptionDatasetMapper, register_caption_dataset
 from vilseg_d2.data.build import build_caption_source
 from vilseg_d2.data.caption_stream import CaptionTrainStream, ShardCaptionSource
 from vilseg_d2.data.skip_tracker import SkipTracker
 
-
+from data_fixtures import BROKEN_KINDS, make_shards, write_tar
 
 
 def small_mapper():
@@ -32,7 +30,9 @@ def key_of(record):
 
 
 def stream(shards, mapper, *, name="test_shards", max_skip=0.1, min_records=10, buffer=0, seed=0):
-    source = ShardCaptionSource(shards, seed=seed, shuffle_buffer=buffer, description=f"{len(shards)} test shards")
+    source = ShardCaptionSource(
+        shards, seed=seed, shuffle_buffer=buffer, description=f"{len(shards)} test shards"
+    )
     return CaptionTrainStream(
         [(name, source, 1.0)], mapper, max_skip_fraction=max_skip, min_records=min_records
     )
@@ -91,7 +91,9 @@ def test_truncated_tar_keeps_earlier_records_and_names_the_shard(tmp_path, vlog)
         f.write(data[: len(data) // 2 + 100])  # cut inside a member
     ds = stream(shards, key_of, max_skip=0.5)
     out = take(ds, 14)
-    assert set(out) < good and {k for k in out if k.startswith("00000")} == {k for k in good if k.startswith("00000")}
+    assert set(out) < good and {k for k in out if k.startswith("00000")} == {
+        k for k in good if k.startswith("00000")
+    }
     assert ds.trackers["test_shards"].num_bad_shards >= 1
     assert "Unreadable shard" in vlog.text and "00001.tar" in vlog.text
 
@@ -130,7 +132,9 @@ def test_shard_specs_and_catalog(tmp_path):
     assert resolve_shards(str(tmp_path / "s")) == shards
     assert resolve_shards(str(tmp_path / "s" / "*.tar")) == shards
     assert resolve_shards(str(tmp_path / "s" / "{00000..00002}.tar")) == shards
-    register_caption_dataset("test_spec", shards=str(tmp_path / "s" / "{00000..00002}.tar"), num_samples=6)
+    register_caption_dataset(
+        "test_spec", shards=str(tmp_path / "s" / "{00000..00002}.tar"), num_samples=6
+    )
     assert DatasetCatalog.get("test_spec") == [{"shard": s} for s in shards]
     assert MetadataCatalog.get("test_spec").caption_source_type == "shards"
     assert build_caption_source("test_spec", seed=0)[1] == 6
@@ -143,7 +147,10 @@ def test_epochs_reshuffle_the_shards(tmp_path):
     orders = [[r["__key__"] for r in source.iter_epoch(e, tracker)] for e in range(3)]
     assert all(set(o) == good and len(o) == len(good) for o in orders)
     assert orders[0] != orders[1] != orders[2]
-    again = [r["__key__"] for r in ShardCaptionSource(shards, seed=5, shuffle_buffer=0).iter_epoch(0, tracker)]
+    again = [
+        r["__key__"]
+        for r in ShardCaptionSource(shards, seed=5, shuffle_buffer=0).iter_epoch(0, tracker)
+    ]
     assert again == orders[0]  # deterministic for a seed
 
 
@@ -157,7 +164,7 @@ def test_dataloader_workers_get_disjoint_samples(tmp_path):
         if len(out) == 2 * len(good):
             break
     assert len(set(out[: len(good)])) == len(good) and set(out[: len(good)]) == good
-    assert set(out[len(good):]) == good  # second epoch, again each sample once
+    assert set(out[len(good) :]) == good  # second epoch, again each sample once
 
 
 def test_more_workers_than_shards(tmp_path, vlog):

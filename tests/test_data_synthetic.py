@@ -14,8 +14,19 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
 from vilseg_d2.config import add_vilseg_config
-from vilseg_d2.data import build_caption_train_loader, generate_synthetic_world, register_synthetic_world
-from vilseg_d2.data.synthetic import CLASSES, COLORS, STUFF_CLASSES, main, make_caption, render_sample
+from vilseg_d2.data import (
+    build_caption_train_loader,
+    generate_synthetic_world,
+    register_synthetic_world,
+)
+from vilseg_d2.data.synthetic import (
+    CLASSES,
+    COLORS,
+    STUFF_CLASSES,
+    main,
+    make_caption,
+    render_sample,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEMPLATE_WORDS = set(
@@ -64,7 +75,11 @@ def parse_caption(caption):
 def test_deterministic_for_a_seed():
     a = render_sample(np.random.default_rng([1, 2, 3]))
     b = render_sample(np.random.default_rng([1, 2, 3]))
-    assert np.array_equal(a.image, b.image) and np.array_equal(a.label, b.label) and a.caption == b.caption
+    assert (
+        np.array_equal(a.image, b.image)
+        and np.array_equal(a.label, b.label)
+        and a.caption == b.caption
+    )
     c = render_sample(np.random.default_rng([1, 2, 4]))
     assert not np.array_equal(a.image, c.image)
 
@@ -116,14 +131,26 @@ def test_captions_vary():
 
 def test_generate_register_and_load(tmp_path):
     out = str(tmp_path / "world")
-    meta = generate_synthetic_world(out, num_train=30, num_val=8, seed=3, num_workers=2, chunk_size=7)
+    meta = generate_synthetic_world(
+        out, num_train=30, num_val=8, seed=3, num_workers=2, chunk_size=7
+    )
     assert meta["num_train"] == 30 and meta["stuff_classes"] == list(STUFF_CLASSES)
     again = str(tmp_path / "again")
     generate_synthetic_world(again, num_train=30, num_val=8, seed=3, num_workers=0)
-    for rel in ["train.jsonl", "val.jsonl", "val/masks/000007.png", "val/images/000000.png", "train/000029.jpg"]:
-        assert open(os.path.join(out, rel), "rb").read() == open(os.path.join(again, rel), "rb").read(), rel
+    for rel in [
+        "train.jsonl",
+        "val.jsonl",
+        "val/masks/000007.png",
+        "val/images/000000.png",
+        "train/000029.jpg",
+    ]:
+        assert (
+            open(os.path.join(out, rel), "rb").read() == open(os.path.join(again, rel), "rb").read()
+        ), rel
     lines = [json.loads(x) for x in open(os.path.join(out, "train.jsonl"))]
-    assert len(lines) == 30 and all(os.path.isfile(os.path.join(out, x["file_name"])) for x in lines)
+    assert len(lines) == 30 and all(
+        os.path.isfile(os.path.join(out, x["file_name"])) for x in lines
+    )
     for x in lines:
         assert set(parse_caption(x["caption"])) == {o["class"] for o in x["objects"]}
 

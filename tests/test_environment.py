@@ -17,7 +17,6 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 from PIL import Image
 
-import vilseg_d2
 from vilseg_d2 import add_vilseg_backbone_config, add_vilseg_config
 
 
@@ -46,9 +45,14 @@ def test_sem_seg_evaluator_on_tiny_in_memory_dataset(tmp_path):
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
     DatasetCatalog.register(
-        name, lambda: [{"file_name": "x.jpg", "sem_seg_file_name": str(gt_file), "height": 8, "width": 8}]
+        name,
+        lambda: [
+            {"file_name": "x.jpg", "sem_seg_file_name": str(gt_file), "height": 8, "width": 8}
+        ],
     )
-    MetadataCatalog.get(name).set(stuff_classes=["background", "thing"], ignore_label=255, evaluator_type="sem_seg")
+    MetadataCatalog.get(name).set(
+        stuff_classes=["background", "thing"], ignore_label=255, evaluator_type="sem_seg"
+    )
 
     pred = np.zeros((8, 8), dtype=np.int64)
     pred[:, 3:] = 1  # one column of background predicted as thing
@@ -56,7 +60,9 @@ def test_sem_seg_evaluator_on_tiny_in_memory_dataset(tmp_path):
 
     evaluator = SemSegEvaluator(name, distributed=False)
     evaluator.reset()
-    evaluator.process([{"file_name": "x.jpg", "sem_seg_file_name": str(gt_file)}], [{"sem_seg": logits}])
+    evaluator.process(
+        [{"file_name": "x.jpg", "sem_seg_file_name": str(gt_file)}], [{"sem_seg": logits}]
+    )
     res = evaluator.evaluate()["sem_seg"]
 
     valid = gt != 255
@@ -87,10 +93,17 @@ SETUP_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 # The oldest release of each dependency with every API the code uses: setup.py's floors may not go
 # below these. Raise an entry when the code starts using something newer.
 MINIMUM_VERSIONS = {
-    "torch": ("2.4", "torch.is_autocast_enabled(device_type); GradScaler('cpu'), torch.uint16, sdpa_kernel (2.3)"),
+    "torch": (
+        "2.4",
+        "torch.is_autocast_enabled(device_type); GradScaler('cpu'), torch.uint16, "
+        "sdpa_kernel (2.3)",
+    ),
     "torchvision": ("0.19", "the release built for torch 2.4"),
     "numpy": ("1.17", "np.random.default_rng"),
-    "open_clip_torch": ("2.27", "open_clip.constants.HF_SAFE_WEIGHTS_NAME; batch-first Transformer (2.26.1)"),
+    "open_clip_torch": (
+        "2.27",
+        "open_clip.constants.HF_SAFE_WEIGHTS_NAME; batch-first Transformer (2.26.1)",
+    ),
     "webdataset": ("0.2.86", "shardlists.expand_urls, SimpleShardList(seed=), shuffle(rng=)"),
 }
 
@@ -132,7 +145,9 @@ def test_installed_versions_satisfy_setup_py():
             continue
         if not req.specifier.contains(installed, prereleases=True):
             problems.append(f"{req.name} {installed} does not satisfy {req}")
-    assert not problems, "; ".join(problems) + ". Run `pip install -e '.[dev]'` (the Makefile's `make setup`)."
+    assert not problems, (
+        "; ".join(problems) + ". Run `pip install -e '.[dev]'` (the Makefile's `make setup`)."
+    )
 
 
 def test_setup_py_floors_cover_the_apis_the_code_uses():
@@ -141,9 +156,13 @@ def test_setup_py_floors_cover_the_apis_the_code_uses():
     for name, (minimum, needs) in MINIMUM_VERSIONS.items():
         req = declared.get(canonicalize_name(name))
         if req is None:
-            problems.append(f"{name} is missing from install_requires (the code needs >= {minimum}: {needs})")
+            problems.append(
+                f"{name} is missing from install_requires (the code needs >= {minimum}: {needs})"
+            )
             continue
         floor = declared_floor(req)
         if floor is None or floor < Version(minimum):
-            problems.append(f"setup.py declares {req}, but the code needs {name} >= {minimum} ({needs})")
+            problems.append(
+                f"setup.py declares {req}, but the code needs {name} >= {minimum} ({needs})"
+            )
     assert not problems, "; ".join(problems) + "."

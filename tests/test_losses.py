@@ -14,7 +14,6 @@ from vilseg_d2.modeling.losses import (
     self_distillation_loss,
 )
 
-
 # ----------------------------------------------------------------- L_cross
 
 
@@ -35,14 +34,22 @@ def test_cross_modal_matches_paper_formula_and_extremes():
     tau = 0.07
     cos = F.normalize(img, dim=-1) @ F.normalize(txt, dim=-1).t()
     # eq. 3-4, image->text, plus its text->image counterpart
-    i2t = -torch.stack([torch.log(torch.exp(cos[m, m] / tau) / torch.exp(cos[m] / tau).sum()) for m in range(4)]).mean()
-    t2i = -torch.stack([torch.log(torch.exp(cos[m, m] / tau) / torch.exp(cos[:, m] / tau).sum()) for m in range(4)]).mean()
-    assert cross_modal_contrastive_loss(img, txt, 1 / tau).item() == pytest.approx(((i2t + t2i) / 2).item(), rel=1e-5)
+    i2t = -torch.stack(
+        [torch.log(torch.exp(cos[m, m] / tau) / torch.exp(cos[m] / tau).sum()) for m in range(4)]
+    ).mean()
+    t2i = -torch.stack(
+        [torch.log(torch.exp(cos[m, m] / tau) / torch.exp(cos[:, m] / tau).sum()) for m in range(4)]
+    ).mean()
+    assert cross_modal_contrastive_loss(img, txt, 1 / tau).item() == pytest.approx(
+        ((i2t + t2i) / 2).item(), rel=1e-5
+    )
     # perfectly aligned, orthogonal pairs with a large scale -> loss ~ 0; identical rows -> log(B)
     eye = torch.eye(4)
     assert cross_modal_contrastive_loss(eye, eye, 100.0).item() < 1e-6
     same = torch.ones(4, 6)
-    assert cross_modal_contrastive_loss(same, same, 10.0).item() == pytest.approx(math.log(4), rel=1e-6)
+    assert cross_modal_contrastive_loss(same, same, 10.0).item() == pytest.approx(
+        math.log(4), rel=1e-6
+    )
 
 
 def test_cross_modal_shape_mismatch_is_a_clear_error():
@@ -72,7 +79,9 @@ def test_self_distillation_equals_transcription(views, batch, dim):
     teacher = torch.randn(batch, dim, requires_grad=True)
     center = torch.randn(dim) * 0.1
     ours = self_distillation_loss(student, teacher, center, 0.1, 0.04)
-    ref = _self_distillation_by_loops(student.detach().double(), teacher.detach().double(), center.double(), 0.1, 0.04)
+    ref = _self_distillation_by_loops(
+        student.detach().double(), teacher.detach().double(), center.double(), 0.1, 0.04
+    )
     assert ours.item() == pytest.approx(ref, rel=1e-4)
     ours.backward()
     assert teacher.grad is None, "no gradient may flow into the teacher (global view) logits"
@@ -114,7 +123,9 @@ def _softmax_rows(n, c, scale=1.0):
 @pytest.mark.parametrize("n,c,scale", [(100, 25, 1.0), (50, 2, 3.0), (1000, 10, 10.0), (1, 5, 1.0)])
 def test_mutual_information_equals_iic_reference(n, c, scale):
     p, p_tf = _softmax_rows(n, c, scale).double(), _softmax_rows(n, c, scale).double()
-    assert mutual_information_loss(p, p_tf).item() == pytest.approx(_iid_loss_reference(p, p_tf).item(), rel=1e-9, abs=1e-12)
+    assert mutual_information_loss(p, p_tf).item() == pytest.approx(
+        _iid_loss_reference(p, p_tf).item(), rel=1e-9, abs=1e-12
+    )
     # and in fp32, as in training
     assert mutual_information_loss(p.float(), p_tf.float()).item() == pytest.approx(
         _iid_loss_reference(p, p_tf).item(), rel=1e-4, abs=1e-6
@@ -130,14 +141,18 @@ def test_mutual_information_degenerate_inputs_and_gradients():
     p = logits.softmax(-1)
     loss = mutual_information_loss(p, p)
     assert abs(loss.item()) < 1e-6
-    assert loss.item() == pytest.approx(_iid_loss_reference(p.detach(), p.detach()).item(), abs=1e-9)
+    assert loss.item() == pytest.approx(
+        _iid_loss_reference(p.detach(), p.detach()).item(), abs=1e-9
+    )
     loss.backward()
     assert torch.isfinite(logits.grad).all()
 
     # one-hot, uniformly spread, identical in both views: the maximum, -ln C
     onehot = F.one_hot(torch.arange(60) % c, c).float()
     assert mutual_information_loss(onehot, onehot).item() == pytest.approx(-math.log(c), rel=1e-5)
-    assert mutual_information_loss(onehot, onehot).item() == pytest.approx(_iid_loss_reference(onehot, onehot).item(), rel=1e-6)
+    assert mutual_information_loss(onehot, onehot).item() == pytest.approx(
+        _iid_loss_reference(onehot, onehot).item(), rel=1e-6
+    )
 
     # C = 2, independent views: I = 0
     a = F.one_hot(torch.tensor([0, 0, 1, 1]), 2).float()
@@ -163,7 +178,9 @@ def test_mutual_information_per_group_is_the_mean_of_the_groups():
     # per image every J holds one cluster only: no information.
     onehot = F.one_hot(torch.arange(g).repeat_interleave(n), c).float().view(g, n, c)
     all_pixels = onehot.view(-1, c)
-    assert mutual_information_loss(all_pixels, all_pixels).item() == pytest.approx(-math.log(g), rel=1e-5)
+    assert mutual_information_loss(all_pixels, all_pixels).item() == pytest.approx(
+        -math.log(g), rel=1e-5
+    )
     assert abs(mutual_information_loss(onehot, onehot).item()) < 1e-6
 
 

@@ -27,8 +27,12 @@ def test_affinity_weights_sum_to_one_and_stop_at_edges():
 def test_a_coarse_mask_snaps_to_the_object():
     image, truth = square_on_texture()
     coarse = torch.zeros(64, 64, dtype=torch.bool)
-    coarse[16:48, 16:48] = True  # the 16-px token grid's view of the square: 4 px too wide on every side
-    masks = torch.stack([(~coarse).float() * 0.6, coarse.float() * 0.7, torch.zeros(64, 64)])  # bg, square, unused
+    coarse[16:48, 16:48] = (
+        True  # the 16-px token grid's view of the square: 4 px too wide on every side
+    )
+    masks = torch.stack(
+        [(~coarse).float() * 0.6, coarse.float() * 0.7, torch.zeros(64, 64)]
+    )  # bg, square, unused
     before = iou(coarse, truth)
     refined = refine_masks(image, masks, iterations=10, dilations=(1, 2, 4, 8))
     after = iou(refined.argmax(0) == 1, truth)
@@ -55,8 +59,13 @@ def test_a_precomputed_affinity_gives_the_same_refinement():
     masks = torch.stack([(~truth).float(), truth.float()]).roll(4, dims=2)  # the square 4 px off
     affinity = local_affinity(image, dilations=(1, 2, 4))
     plain = refine_masks(image, masks, iterations=5, dilations=(1, 2, 4))
-    assert torch.equal(refine_masks(image, masks, iterations=5, dilations=(1, 2, 4), affinity=affinity), plain)
-    assert not torch.equal(refine_masks(image, masks, iterations=5, dilations=(1, 2, 4), affinity=affinity.flip(0)), plain)
+    assert torch.equal(
+        refine_masks(image, masks, iterations=5, dilations=(1, 2, 4), affinity=affinity), plain
+    )
+    assert not torch.equal(
+        refine_masks(image, masks, iterations=5, dilations=(1, 2, 4), affinity=affinity.flip(0)),
+        plain,
+    )
     with pytest.raises(ValueError, match=r"affinity of shape \(24, 64, 64\).*got \(16, 64, 64\)"):
         refine_masks(image, masks, iterations=5, dilations=(1, 2, 4), affinity=affinity[:16])
 

@@ -72,7 +72,9 @@ def test_cluster_loss_detached_from_encoder():
     model = build_model(tiny_cfg(MODEL__VILSEG__VISION_WEIGHT=0.0, MODEL__VILSEG__CROSS_WEIGHT=0.0))
     model.train()
     model(training_batch())["loss_cluster"].backward()
-    assert grad_norm(model.backbone) > 0  # default: L_cluster trains the encoder too ("tightly coupled")
+    assert (
+        grad_norm(model.backbone) > 0
+    )  # default: L_cluster trains the encoder too ("tightly coupled")
 
     model = build_model(
         tiny_cfg(
@@ -87,14 +89,20 @@ def test_cluster_loss_detached_from_encoder():
 
 
 def test_zero_weight_skips_the_branch(monkeypatch):
-    model = build_model(tiny_cfg(MODEL__VILSEG__VISION_WEIGHT=0.0, MODEL__VILSEG__CLUSTER_WEIGHT=0.0))
+    model = build_model(
+        tiny_cfg(MODEL__VILSEG__VISION_WEIGHT=0.0, MODEL__VILSEG__CLUSTER_WEIGHT=0.0)
+    )
     model.train()
     calls = []
     real = model.backbone.forward_tokens
-    monkeypatch.setattr(model.backbone, "forward_tokens", lambda x: calls.append(tuple(x.shape)) or real(x))
+    monkeypatch.setattr(
+        model.backbone, "forward_tokens", lambda x: calls.append(tuple(x.shape)) or real(x)
+    )
     losses = model(training_batch(batch=3))
     assert set(losses) == {"loss_cross"}
-    assert calls == [(3, 3, 128, 128)]  # only the global views: no local crops, no transformed views
+    assert calls == [
+        (3, 3, 128, 128)
+    ]  # only the global views: no local crops, no transformed views
 
 
 def test_loss_weights_scale_the_losses():
@@ -105,7 +113,9 @@ def test_loss_weights_scale_the_losses():
     a.train(), b.train()
     la, lb = a(training_batch()), b(training_batch())
     assert lb["loss_cross"].item() == pytest.approx(2 * la["loss_cross"].item(), rel=1e-5)
-    assert lb["loss_cluster"].item() == pytest.approx(0.5 * la["loss_cluster"].item(), rel=1e-4, abs=1e-7)
+    assert lb["loss_cluster"].item() == pytest.approx(
+        0.5 * la["loss_cluster"].item(), rel=1e-4, abs=1e-7
+    )
 
 
 def test_auxiliary_objectives_warm_up_after_the_cross_modal_one():
@@ -118,7 +128,9 @@ def test_auxiliary_objectives_warm_up_after_the_cross_modal_one():
     reference = full(batch)
     factors = []
     for step in range(7):
-        warm.criterion.center.copy_(full.criterion.center)  # the DINO center moves with each L_vision
+        warm.criterion.center.copy_(
+            full.criterion.center
+        )  # the DINO center moves with each L_vision
         with EventStorage(step):  # the trainer's iteration drives the warm-up
             losses = warm(batch)
             if step < 2:  # left out: not even computed
@@ -127,8 +139,12 @@ def test_auxiliary_objectives_warm_up_after_the_cross_modal_one():
                 continue
             ref = full(batch)
         factor = losses["loss_cluster"].item() / ref["loss_cluster"].item()
-        assert losses["loss_vision"].item() == pytest.approx(factor * ref["loss_vision"].item(), rel=1e-4)
-        assert losses["loss_cross"].item() == pytest.approx(reference["loss_cross"].item(), rel=1e-5)
+        assert losses["loss_vision"].item() == pytest.approx(
+            factor * ref["loss_vision"].item(), rel=1e-4
+        )
+        assert losses["loss_cross"].item() == pytest.approx(
+            reference["loss_cross"].item(), rel=1e-5
+        )
         factors.append(factor)
     assert factors == pytest.approx([0, 0, 1 / 4, 2 / 4, 3 / 4, 1, 1], rel=1e-4)
     assert set(warm.losses(batch, iteration=3)) == set(reference)  # or an explicit iteration
@@ -161,7 +177,9 @@ def _stub_model():
         clustering_head=head,
         projection_head=ViLSegProjectionHead(in_dim=8, out_dim=16),
         criterion=ViLSegCriterion(
-            weight_dict={"loss_vision": 0.0, "loss_cross": 0.0, "loss_cluster": 1.0}, proj_dim=16, cluster_joint="batch"
+            weight_dict={"loss_vision": 0.0, "loss_cross": 0.0, "loss_cluster": 1.0},
+            proj_dim=16,
+            cluster_joint="batch",
         ),
         pixel_mean=[128.0, 128.0, 128.0],
         pixel_std=[64.0, 64.0, 64.0],
@@ -172,7 +190,11 @@ def test_flip_of_the_transformed_view_is_undone_before_the_mi_loss():
     torch.manual_seed(0)
     model = _stub_model()
     # 4x4 blocks of random colours: every pooled "token" differs strongly, left != right
-    image = torch.randint(0, 256, (3, 4, 4), dtype=torch.uint8).repeat_interleave(4, 1).repeat_interleave(4, 2)
+    image = (
+        torch.randint(0, 256, (3, 4, 4), dtype=torch.uint8)
+        .repeat_interleave(4, 1)
+        .repeat_interleave(4, 2)
+    )
     same = [{"image": image, "transformed_image": image, "flip": False, "caption": ""}]
     flipped = [{"image": image, "transformed_image": image.flip(-1), "flip": True, "caption": ""}]
     wrong = [{"image": image, "transformed_image": image.flip(-1), "flip": False, "caption": ""}]
@@ -180,16 +202,25 @@ def test_flip_of_the_transformed_view_is_undone_before_the_mi_loss():
     l_flipped = model(flipped)["loss_cluster"].item()
     assert l_same < -0.1  # real information between the views
     assert l_flipped == pytest.approx(l_same, rel=1e-5)
-    assert model(wrong)["loss_cluster"].item() > l_same + 0.01  # not undoing the flip loses information
+    assert (
+        model(wrong)["loss_cluster"].item() > l_same + 0.01
+    )  # not undoing the flip loses information
 
 
 def test_per_image_joint_distribution_averages_the_images():
     torch.manual_seed(0)
     model = _stub_model()
-    blocks = torch.randint(0, 256, (3, 4, 4), dtype=torch.uint8).repeat_interleave(4, 1).repeat_interleave(4, 2)
+    blocks = (
+        torch.randint(0, 256, (3, 4, 4), dtype=torch.uint8)
+        .repeat_interleave(4, 1)
+        .repeat_interleave(4, 2)
+    )
     dark, light = (torch.full((3, 16, 16), v, dtype=torch.uint8) for v in (0, 255))
+
     def as_batch(*images):
-        return [{"image": im, "transformed_image": im, "flip": False, "caption": ""} for im in images]
+        return [
+            {"image": im, "transformed_image": im, "flip": False, "caption": ""} for im in images
+        ]
 
     # Two flat images, each mostly in a cluster of its own: one J over the batch tells them apart
     # (at most ln 2 nats); within one image all pixels are alike: nothing to tell apart.
@@ -197,7 +228,9 @@ def test_per_image_joint_distribution_averages_the_images():
     model.criterion.cluster_joint = "image"
     assert abs(model(as_batch(dark, light))["loss_cluster"].item()) < 1e-6
     alone = [model(as_batch(im))["loss_cluster"].item() for im in (blocks, light)]
-    assert model(as_batch(blocks, light))["loss_cluster"].item() == pytest.approx(sum(alone) / 2, rel=1e-5)
+    assert model(as_batch(blocks, light))["loss_cluster"].item() == pytest.approx(
+        sum(alone) / 2, rel=1e-5
+    )
     # and each image's J is over its own h x w pixels (C x h x w maps read pixel by pixel)
     with torch.no_grad():
         emb = model.backbone.forward_tokens(model._normalize([blocks]))["emb"]
@@ -229,7 +262,14 @@ def test_inference_odd_size_all_modes(eval_model, mode):
 
 
 def test_online_mode_gives_each_cluster_one_class_distribution(eval_model):
-    out = eval_model([{"image": torch.randint(0, 256, (3, 128, 128), dtype=torch.uint8), "vocabulary": ["a", "b", "c"]}])[0]
+    out = eval_model(
+        [
+            {
+                "image": torch.randint(0, 256, (3, 128, 128), dtype=torch.uint8),
+                "vocabulary": ["a", "b", "c"],
+            }
+        ]
+    )[0]
     for c in out["clusters"].unique():
         region = out["sem_seg"][:, out["clusters"] == c]
         assert torch.allclose(region, region[:, :1].expand_as(region))
@@ -237,7 +277,12 @@ def test_online_mode_gives_each_cluster_one_class_distribution(eval_model):
 
 def test_kmeans_mode_is_deterministic_for_a_seed(eval_model):
     eval_model.inference_mode = "kmeans"
-    x = [{"image": torch.randint(0, 256, (3, 160, 224), dtype=torch.uint8), "vocabulary": ["a", "b", "c"]}]
+    x = [
+        {
+            "image": torch.randint(0, 256, (3, 160, 224), dtype=torch.uint8),
+            "vocabulary": ["a", "b", "c"],
+        }
+    ]
     torch.manual_seed(1)
     a = eval_model(x)[0]
     torch.manual_seed(2)
@@ -249,10 +294,14 @@ def test_kmeans_mode_is_deterministic_for_a_seed(eval_model):
 def test_text_features_computed_once_per_vocabulary(eval_model, monkeypatch):
     calls = []
     real = eval_model.text_encoder.forward
-    monkeypatch.setattr(eval_model.text_encoder, "forward", lambda t: calls.append(len(t)) or real(t))
+    monkeypatch.setattr(
+        eval_model.text_encoder, "forward", lambda t: calls.append(len(t)) or real(t)
+    )
     vocab = ["zebra", "yak"]
     for _ in range(3):
-        eval_model([{"image": torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8), "vocabulary": vocab}])
+        eval_model(
+            [{"image": torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8), "vocabulary": vocab}]
+        )
     assert calls == [2]
 
 
@@ -262,7 +311,9 @@ def test_reused_image_features_give_the_same_segmentation(eval_model, monkeypatc
     refinement scores exactly as outside, while the encoder runs once per image and setting."""
     rules = [(0.5, 0.0), (0.9, 0.3), (0.99, 0.6)]
     gen = torch.Generator().manual_seed(0)
-    images = [torch.randint(0, 256, (3, 96, 128), generator=gen, dtype=torch.uint8) for _ in range(2)]
+    images = [
+        torch.randint(0, 256, (3, 96, 128), generator=gen, dtype=torch.uint8) for _ in range(2)
+    ]
     settings = [  # (refine_iters, sliding_window_size, vocabulary, output height / width)
         (3, 0, ["background", "circle", "star"], None),
         (0, 0, ["background", "circle", "star"], None),
@@ -278,7 +329,9 @@ def test_reused_image_features_give_the_same_segmentation(eval_model, monkeypatc
             for thr, sim in rules:
                 eval_model.bg_threshold, eval_model.bg_global_similarity = thr, sim
                 extra = {"height": size[0], "width": size[1]} if size else {}
-                outs.append(eval_model([{"image": im, "vocabulary": vocab, **extra} for im in images]))
+                outs.append(
+                    eval_model([{"image": im, "vocabulary": vocab, **extra} for im in images])
+                )
         return outs
 
     eval_model.inference_mode = mode
@@ -286,11 +339,15 @@ def test_reused_image_features_give_the_same_segmentation(eval_model, monkeypatc
         plain = run()
         calls = []
         real = eval_model.backbone.forward_tokens
-        monkeypatch.setattr(eval_model.backbone, "forward_tokens", lambda x: calls.append(1) or real(x))
+        monkeypatch.setattr(
+            eval_model.backbone, "forward_tokens", lambda x: calls.append(1) or real(x)
+        )
         with reuse_image_features(eval_model):
             for cached, expected in zip(run(), plain):
                 for a, b in zip(cached, expected):
-                    assert torch.equal(a["sem_seg"], b["sem_seg"]) and torch.equal(a["clusters"], b["clusters"])
+                    assert torch.equal(a["sem_seg"], b["sem_seg"]) and torch.equal(
+                        a["clusters"], b["clusters"]
+                    )
                 cached[0]["clusters"].fill_(7)  # a caller editing its output changes nothing stored
             eval_model.refine_iters, eval_model.sliding_window_size = settings[0][:2]
             eval_model.bg_threshold, eval_model.bg_global_similarity = rules[0]
@@ -305,7 +362,10 @@ def test_reused_image_features_give_the_same_segmentation(eval_model, monkeypatc
         eval_model([{"image": images[0], "vocabulary": ["background", "circle"]}])
         assert len(calls) == len(images) * (2 + windows) + 1  # outside, computed anew
         for i in range(len(images)):  # the rules matter for each image
-            assert len({tuple(out[i]["sem_seg"].argmax(0).unique().tolist()) for out in plain[3:6]}) > 1
+            assert (
+                len({tuple(out[i]["sem_seg"].argmax(0).unique().tolist()) for out in plain[3:6]})
+                > 1
+            )
     finally:
         eval_model.inference_mode, eval_model.refine_iters = "online", 0
         eval_model.bg_threshold, eval_model.bg_global_similarity = 0.0, 0.0
@@ -342,7 +402,10 @@ def test_background_threshold_and_sliding_window(eval_model):
 
 
 def test_crop_sizes_must_be_multiples_of_the_patch():
-    with pytest.raises(ValueError, match=r"INPUT.VILSEG.LOCAL_SIZE=60 is not a multiple of the backbone's patch size 16"):
+    with pytest.raises(
+        ValueError,
+        match=r"INPUT.VILSEG.LOCAL_SIZE=60 is not a multiple of the backbone's patch size 16",
+    ):
         build_model(tiny_cfg(INPUT__VILSEG__LOCAL_SIZE=60))
     with pytest.raises(ValueError, match=r"INPUT.VILSEG.GLOBAL_SIZE=100"):
         build_model(tiny_cfg(INPUT__VILSEG__GLOBAL_SIZE=100))
@@ -351,10 +414,18 @@ def test_crop_sizes_must_be_multiples_of_the_patch():
 def test_sliding_windows_cover_the_image_without_extra_area():
 
     assert _windows(100, 448, 320) == [(0, 100)]
-    assert _windows(2048, 448, 448) == [(0, 448), (448, 896), (896, 1344), (1344, 1792), (1792, 2048)]
+    assert _windows(2048, 448, 448) == [
+        (0, 448),
+        (448, 896),
+        (896, 1344),
+        (1344, 1792),
+        (1792, 2048),
+    ]
     wins = _windows(1024, 448, 320)
     assert wins[0][0] == 0 and wins[-1][1] == 1024
-    assert all(b - a <= 448 for a, b in wins) and all(a2 <= b1 for (_, b1), (a2, _) in zip(wins, wins[1:]))
+    assert all(b - a <= 448 for a, b in wins) and all(
+        a2 <= b1 for (_, b1), (a2, _) in zip(wins, wins[1:])
+    )
 
 
 def _object_on_background_tokens(model, monkeypatch):
@@ -373,13 +444,22 @@ def test_background_is_what_resembles_the_image_embedding(eval_model, monkeypatc
     _object_on_background_tokens(eval_model, monkeypatch)
     monkeypatch.setattr(eval_model, "inference_mode", mode)
     monkeypatch.setattr(eval_model, "bg_global_similarity", 0.9)
-    inputs = [{"image": torch.zeros(3, 64, 64, dtype=torch.uint8), "vocabulary": ["background", "circle", "star"]}]
+    inputs = [
+        {
+            "image": torch.zeros(3, 64, 64, dtype=torch.uint8),
+            "vocabulary": ["background", "circle", "star"],
+        }
+    ]
     probs = eval_model(inputs)[0]["sem_seg"]
-    assert probs.shape == (3, 64, 64) and torch.allclose(probs.sum(0), torch.ones(64, 64), atol=1e-4)
+    assert probs.shape == (3, 64, 64) and torch.allclose(
+        probs.sum(0), torch.ones(64, 64), atol=1e-4
+    )
     labels = probs.argmax(0)
     assert (labels[24:40, 24:40] > 0).all()  # the object's inner pixels: a named class
     assert (labels[:8] == 0).all() and (labels[:, :8] == 0).all()  # the border: background
-    monkeypatch.setattr(eval_model, "bg_global_similarity", 0.96)  # above both: nothing is background
+    monkeypatch.setattr(
+        eval_model, "bg_global_similarity", 0.96
+    )  # above both: nothing is background
     assert (eval_model(inputs)[0]["sem_seg"].argmax(0) > 0).all()
 
 
@@ -390,21 +470,33 @@ def test_refinement_snaps_the_token_grid_map_to_the_object(eval_model, monkeypat
     monkeypatch.setattr(eval_model, "inference_mode", "dense")
     monkeypatch.setattr(eval_model, "bg_global_similarity", 0.9)
     image, truth = square_on_texture(size=64, lo=20, hi=44)
-    inputs = [{"image": (255 * image.clamp(0, 1)).to(torch.uint8), "vocabulary": ["background", "circle", "star"]}]
-    iou = lambda labels: ((labels > 0) & truth).sum().item() / ((labels > 0) | truth).sum().item()  # noqa: E731
+    inputs = [
+        {
+            "image": (255 * image.clamp(0, 1)).to(torch.uint8),
+            "vocabulary": ["background", "circle", "star"],
+        }
+    ]
+
+    def iou(labels):
+        return ((labels > 0) & truth).sum().item() / ((labels > 0) | truth).sum().item()
+
     coarse = eval_model(inputs)[0]["sem_seg"].argmax(0)
     monkeypatch.setattr(eval_model, "refine_iters", 10)
     refined = eval_model(inputs)[0]["sem_seg"]
     assert iou(coarse) < 0.5 and iou(refined.argmax(0)) > 0.9, (iou(coarse), iou(refined.argmax(0)))
     assert torch.allclose(refined.sum(0), torch.ones(64, 64), atol=1e-5)
-    assert torch.equal(eval_model(inputs)[0]["clusters"], refined.argmax(0))  # dense: the refined class ids
+    assert torch.equal(
+        eval_model(inputs)[0]["clusters"], refined.argmax(0)
+    )  # dense: the refined class ids
     # refined at the input's size, then resized to the requested one (clusters too)
     out = eval_model([{**inputs[0], "height": 32, "width": 48}])[0]
     torch.testing.assert_close(out["sem_seg"], sem_seg_postprocess(refined, (64, 64), 32, 48))
     assert out["clusters"].shape == (32, 48)
     with pytest.raises(ValueError, match="REFINE_ITERS"):
         build_model(tiny_cfg(MODEL__VILSEG__REFINE_ITERS=-1))
-    with pytest.raises(ValueError, match="REFINE_DILATIONS"):  # checked even while refinement is off
+    with pytest.raises(
+        ValueError, match="REFINE_DILATIONS"
+    ):  # checked even while refinement is off
         build_model(tiny_cfg(MODEL__VILSEG__REFINE_DILATIONS=(0, 2)))
 
 
@@ -413,11 +505,17 @@ def test_background_is_the_class_named_background_wherever_it_stands(eval_model,
     monkeypatch.setattr(eval_model, "inference_mode", "dense")
     monkeypatch.setattr(eval_model, "bg_global_similarity", 0.9)
     image = torch.zeros(3, 64, 64, dtype=torch.uint8)
-    first = eval_model([{"image": image, "vocabulary": ["background", "circle", "star"]}])[0]["sem_seg"]
-    last = eval_model([{"image": image, "vocabulary": ["circle", "star", "Background"]}])[0]["sem_seg"]
+    first = eval_model([{"image": image, "vocabulary": ["background", "circle", "star"]}])[0][
+        "sem_seg"
+    ]
+    last = eval_model([{"image": image, "vocabulary": ["circle", "star", "Background"]}])[0][
+        "sem_seg"
+    ]
     torch.testing.assert_close(last, first[[1, 2, 0]])  # the same scores, in the vocabulary's order
     assert (last.argmax(0)[:8] == 2).all()  # the border is "Background", not the first class
     with pytest.raises(ValueError, match="names no 'background' class"):  # never a user's class
         eval_model([{"image": image, "vocabulary": ["star", "circle"]}])
     monkeypatch.setattr(eval_model, "bg_global_similarity", 0.0)  # rules off: matched by its text
-    assert eval_model([{"image": image, "vocabulary": ["star", "circle"]}])[0]["sem_seg"].shape[0] == 2
+    assert (
+        eval_model([{"image": image, "vocabulary": ["star", "circle"]}])[0]["sem_seg"].shape[0] == 2
+    )

@@ -1,7 +1,6 @@
 """Parameter groups of the optimizer: weight decay and the clustering head's learning rate."""
 
 import pytest
-import torch
 from detectron2.modeling import build_model
 from detectron2.solver import build_lr_scheduler
 
@@ -24,7 +23,10 @@ def test_no_decay_on_norms_biases_and_embeddings():
     assert _group_of(opt, visual.positional_embedding)["weight_decay"] == 0.0
     assert _group_of(opt, model.logit_scale)["weight_decay"] == 0.0
     assert _group_of(opt, visual.ln_post.weight)["weight_decay"] == 0.0
-    assert _group_of(opt, visual.transformer.resblocks[0].mlp.c_fc.weight)["weight_decay"] == cfg.SOLVER.WEIGHT_DECAY
+    assert (
+        _group_of(opt, visual.transformer.resblocks[0].mlp.c_fc.weight)["weight_decay"]
+        == cfg.SOLVER.WEIGHT_DECAY
+    )
 
 
 def test_cluster_head_learning_rate_multiplier_follows_the_schedule():
@@ -51,7 +53,9 @@ def test_cluster_head_learning_rate_multiplier_follows_the_schedule():
 
 
 def test_projection_head_learning_rate_multiplier():
-    cfg = tiny_cfg(SOLVER__CLUSTER_HEAD_LR_MULTIPLIER=10.0, SOLVER__PROJECTION_HEAD_LR_MULTIPLIER=30.0)
+    cfg = tiny_cfg(
+        SOLVER__CLUSTER_HEAD_LR_MULTIPLIER=10.0, SOLVER__PROJECTION_HEAD_LR_MULTIPLIER=30.0
+    )
     model = build_model(cfg)
     opt = build_vilseg_optimizer(cfg, model)
     base = cfg.SOLVER.BASE_LR

@@ -8,15 +8,16 @@ import subprocess
 import sys
 
 import pytest
-from data_fixtures import make_shards, write_images
 from detectron2.data import MetadataCatalog
-from helpers import ROOT, TINY_CONFIG
 
 from vilseg_d2.config import get_vilseg_cfg
 from vilseg_d2.data.build import build_caption_source
 from vilseg_d2.data.datasets.register_captions import parse_caption_dataset_spec
 from vilseg_d2.engine import ViLSegTrainer
 from vilseg_d2.engine.trainer import _warn_if_aux_objectives_never_train
+
+from data_fixtures import make_shards, write_images
+from helpers import ROOT, TINY_CONFIG
 
 SMALL = ["MODEL.DEVICE", "cpu", "SOLVER.IMS_PER_BATCH", 4, "DATALOADER.NUM_WORKERS", 0,
          "INPUT.VILSEG.NUM_LOCAL_CROPS", 2, "DATASETS.TEST", ()]  # fmt: skip
@@ -39,7 +40,8 @@ def own_pairs(root, *, bad=()):
 
 def loader_cfg(name, spec, *opts):
     return get_vilseg_cfg(
-        TINY_CONFIG, SMALL + ["DATASETS.TRAIN", (name,), "DATASETS.CAPTION_DATASETS", (spec,), *opts]
+        TINY_CONFIG,
+        SMALL + ["DATASETS.TRAIN", (name,), "DATASETS.CAPTION_DATASETS", (spec,), *opts],
     )
 
 
@@ -65,7 +67,9 @@ def test_manifest_from_config_keys_and_the_first_bad_records_logged(tmp_path, vl
     it = iter(ViLSegTrainer.build_train_loader(cfg))
     captions = {s["caption"] for _ in range(6) for s in next(it)}  # 24 samples: >2 passes of 10
     assert captions == {f"pair {i}" for i in range(8)}
-    assert MetadataCatalog.get("test_own_pairs").image_root == str(tmp_path)  # the manifest's folder
+    assert MetadataCatalog.get("test_own_pairs").image_root == str(
+        tmp_path
+    )  # the manifest's folder
     assert "1 of the first 10 image files listed in" in vlog.text  # before training: gone.jpg
     skips = [r.getMessage() for r in vlog.records if "Skipped a bad record" in r.getMessage()]
     assert any(f"{tmp_path / 'gone.jpg'}: missing file" in m for m in skips)
@@ -80,12 +84,18 @@ def test_doubled_image_folder_is_an_error_with_the_fix(tmp_path):
         ViLSegTrainer.build_train_loader(loader_cfg("test_own_doubled", doubled))
     msg = str(e.value)
     assert str(tmp_path / "images" / "images" / "img000.jpg") in msg  # the first missing path
-    assert f"image_root={tmp_path}," in msg and "appears twice" in msg and "DATASETS.CAPTION_DATASETS" in msg
+    assert (
+        f"image_root={tmp_path}," in msg
+        and "appears twice" in msg
+        and "DATASETS.CAPTION_DATASETS" in msg
+    )
 
     other = tmp_path / "elsewhere"
     other.mkdir()
     wrong = f"name=test_own_wrong_root,manifest={manifest},image_root={other}"
-    with pytest.raises(FileNotFoundError, match=f"relative to the folder of .*set image_root={tmp_path} "):
+    with pytest.raises(
+        FileNotFoundError, match=f"relative to the folder of .*set image_root={tmp_path} "
+    ):
         ViLSegTrainer.build_train_loader(loader_cfg("test_own_wrong_root", wrong))
 
 
@@ -109,7 +119,17 @@ def test_unregistered_name_says_how_to_register():
     [
         (["SOLVER.MAX_ITER", 20], True),
         (["SOLVER.MAX_ITER", 1001], False),
-        (["SOLVER.MAX_ITER", 20, "MODEL.VILSEG.VISION_WEIGHT", 0.0, "MODEL.VILSEG.CLUSTER_WEIGHT", 0.0], False),
+        (
+            [
+                "SOLVER.MAX_ITER",
+                20,
+                "MODEL.VILSEG.VISION_WEIGHT",
+                0.0,
+                "MODEL.VILSEG.CLUSTER_WEIGHT",
+                0.0,
+            ],
+            False,
+        ),
     ],
 )
 def test_aux_objectives_warning(opts, warned, vlog):
@@ -122,12 +142,15 @@ def test_aux_objectives_warning(opts, warned, vlog):
 def test_train_net_on_a_manifest_from_the_command_line(tmp_path):
     manifest = own_pairs(str(tmp_path / "data"))
     out = tmp_path / "out"
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", TINY_CONFIG,
-           *[str(x) for x in SMALL], "DATASETS.TRAIN", '("my_pairs",)',
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"),
+           "--config-file", TINY_CONFIG, *[str(x) for x in SMALL],
+           "DATASETS.TRAIN", '("my_pairs",)',
            "DATASETS.CAPTION_DATASETS", f'("name=my_pairs,manifest={manifest}",)',
            "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(out)]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    proc = subprocess.run(cmd, env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        cmd, env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=600
+    )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-5000:]
     assert (out / "model_final.pth").exists()

@@ -32,7 +32,9 @@ PAPER_PATH = (
 @pytest.fixture(scope="module")
 def datasets_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("d2data_paper_path")
-    generate_synthetic_world(str(root / "synthetic"), num_train=40, num_val=0, seed=0, num_workers=0)
+    generate_synthetic_world(
+        str(root / "synthetic"), num_train=40, num_val=0, seed=0, num_workers=0
+    )
     return root
 
 
@@ -60,7 +62,20 @@ def one_machine(out_dir: Path, *extra: str) -> list[list[str]]:
 def two_machines(out_dir: Path, *extra: str) -> list[list[str]]:
     url = f"tcp://127.0.0.1:{_free_port()}"
     return [
-        command(out_dir, ["--num-gpus", "1", "--num-machines", "2", "--machine-rank", str(rank), "--dist-url", url, *extra])
+        command(
+            out_dir,
+            [
+                "--num-gpus",
+                "1",
+                "--num-machines",
+                "2",
+                "--machine-rank",
+                str(rank),
+                "--dist-url",
+                url,
+                *extra,
+            ],
+        )
         for rank in range(2)
     ]
 
@@ -95,11 +110,15 @@ def test_reference_run_takes_the_paper_path(reference):
     assert all(set(LOSSES) <= set(rows[it]) for it in range(MAX_ITER))  # all three from iteration 0
     final = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
     scaler = final["trainer"]["_trainer"]["grad_scaler"]  # fp16's GradScaler, in the checkpoint
-    assert 0 < scaler["scale"] < 65536.0  # it backed off from its initial scale: real fp16 overflow handling
+    assert (
+        0 < scaler["scale"] < 65536.0
+    )  # it backed off from its initial scale: real fp16 overflow handling
 
 
 @pytest.mark.parametrize("job", [one_machine, two_machines], ids=["2 processes", "2 machines"])
-def test_sigkilled_job_resumes_with_the_losses_of_an_uninterrupted_run(job, datasets_root, tmp_path, reference):
+def test_sigkilled_job_resumes_with_the_losses_of_an_uninterrupted_run(
+    job, datasets_root, tmp_path, reference
+):
     _, want = reference
     out = tmp_path / "killed"
     ckpt_iter = kill_after_checkpoint(job(out), datasets_root, out, CHECKPOINT_PERIOD - 1)
@@ -109,14 +128,21 @@ def test_sigkilled_job_resumes_with_the_losses_of_an_uninterrupted_run(job, data
     assert_same_losses(metrics(out), want)
 
 
-def test_run_from_weights_without_resume_trains_from_iteration_zero(datasets_root, tmp_path, reference):
+def test_run_from_weights_without_resume_trains_from_iteration_zero(
+    datasets_root, tmp_path, reference
+):
     weights, _ = reference
     out = tmp_path / "finetune"
     # the auxiliary objectives join at iteration 1: the first step's loader makes no local crops,
     # and the model must not ask for them (its schedules follow the trainer's iteration, 0 here)
-    log = run(command(out, [], "MODEL.WEIGHTS", str(weights / "model_final.pth"), "SOLVER.MAX_ITER", "3",
-                      "MODEL.VILSEG.AUX_WARMUP_ITERS", "(1, 2)", "SOLVER.AMP.ENABLED", "False"), datasets_root)  # fmt: skip
+    log = run(command(out, [], "MODEL.WEIGHTS", str(weights / "model_final.pth"),
+                      "SOLVER.MAX_ITER", "3", "MODEL.VILSEG.AUX_WARMUP_ITERS", "(1, 2)",
+                      "SOLVER.AMP.ENABLED", "False"), datasets_root)  # fmt: skip
     assert "Starting training from iteration 0" in log
     rows = metrics(out)
     assert sorted(rows) == [0, 1, 2]
-    assert "loss_vision" not in rows[0] and rows[1]["aux_weight_factor"] == 0.5 and "loss_vision" in rows[2]
+    assert (
+        "loss_vision" not in rows[0]
+        and rows[1]["aux_weight_factor"] == 0.5
+        and "loss_vision" in rows[2]
+    )

@@ -14,11 +14,20 @@ from helpers import TINY_CONFIG, tiny_cfg
 
 
 def test_unknown_config_key_is_named_with_what_is_allowed(tmp_path):
-    with pytest.raises(KeyError, match=r"Unknown config key MODEL.VILSEG.NUM_CLUSTER\. Did you mean MODEL.VILSEG.NUM_CLUSTERS"):
+    with pytest.raises(
+        KeyError,
+        match=(
+            r"Unknown config key MODEL.VILSEG.NUM_CLUSTER\. "
+            r"Did you mean MODEL.VILSEG.NUM_CLUSTERS"
+        ),
+    ):
         get_vilseg_cfg(TINY_CONFIG, ["MODEL.VILSEG.NUM_CLUSTER", 5])
     bad = tmp_path / "bad.yaml"
     bad.write_text("_BASE_: " + TINY_CONFIG + "\nMODEL:\n  VILSEG:\n    FOO: 1\n")
-    with pytest.raises(KeyError, match=r"Unknown config key MODEL.VILSEG.FOO\. Keys under MODEL.VILSEG: .*NUM_CLUSTERS"):
+    with pytest.raises(
+        KeyError,
+        match=r"Unknown config key MODEL.VILSEG.FOO\. Keys under MODEL.VILSEG: .*NUM_CLUSTERS",
+    ):
         get_vilseg_cfg(str(bad))
 
 
@@ -38,7 +47,9 @@ def test_missing_dataset_name_lists_the_registered_ones():
 def test_nan_loss_stops_with_the_loss_named():
     check_losses_finite({"loss_cross": torch.tensor(1.0)}, 3)
     with pytest.raises(FloatingPointError, match="loss_cluster became nan at iteration 7"):
-        check_losses_finite({"loss_cross": torch.tensor(1.0), "loss_cluster": torch.tensor(float("nan"))}, 7)
+        check_losses_finite(
+            {"loss_cross": torch.tensor(1.0), "loss_cluster": torch.tensor(float("nan"))}, 7
+        )
 
 
 def test_weights_of_another_cluster_count_are_reported_not_silently_loaded(tmp_path, caplog):
@@ -55,7 +66,9 @@ def test_weights_of_another_cluster_count_are_reported_not_silently_loaded(tmp_p
     assert "clustering_head.predictor.weight" in caplog.text  # Detectron2's checkpointer names it
     logging.getLogger("fvcore").removeHandler(caplog.handler)
     # the rest of the model did load
-    assert torch.equal(dst.backbone.visual.positional_embedding, src.backbone.visual.positional_embedding)
+    assert torch.equal(
+        dst.backbone.visual.positional_embedding, src.backbone.visual.positional_embedding
+    )
 
 
 def test_missing_weights_file_is_a_clear_error(tmp_path):
@@ -106,7 +119,9 @@ def test_truncated_weights_file_is_an_error_naming_it(tiny_checkpoint, tmp_path)
     cut = tmp_path / "cut_in_half.pth"
     cut.write_bytes(data[: len(data) // 2])
     model = build_model(tiny_cfg())
-    with pytest.raises(RuntimeError, match=r"Cannot read checkpoint .*cut_in_half\.pth: it is truncated, corrupt"):
+    with pytest.raises(
+        RuntimeError, match=r"Cannot read checkpoint .*cut_in_half\.pth: it is truncated, corrupt"
+    ):
         ViLSegCheckpointer(model).load(str(cut))
     html = tmp_path / "download_error.pth"  # a failed download saved under the checkpoint's name
     html.write_bytes(b"<html>403 Forbidden</html>")
@@ -122,8 +137,11 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
     torch.save({"model": torchvision.models.resnet18().state_dict()}, path)
     model = build_model(tiny_cfg())
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match=r"None of the \d+ tensors of .*resnet18\.pth fits this ViLSeg .*'conv1\.weight'"
-                       r".*checkpoint of another architecture"):
+    with pytest.raises(
+        ValueError,
+        match=r"None of the \d+ tensors of .*resnet18\.pth fits this ViLSeg .*'conv1\.weight'"
+        r".*checkpoint of another architecture",
+    ):
         ViLSegCheckpointer(model).load(str(path))
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
     bare = tmp_path / "bare.pth"  # a bare state dict (no "model" key) is read the same way
@@ -137,7 +155,9 @@ def test_pickled_objects_are_refused_by_weights_only(tmp_path):
 
     path = tmp_path / "objects.pth"
     torch.save({"model": {}, "config": logging.Formatter()}, path)  # any non-tensor Python object
-    with pytest.raises(RuntimeError, match=r"objects\.pth holds Python objects besides tensors.*weights_only=True"):
+    with pytest.raises(
+        RuntimeError, match=r"objects\.pth holds Python objects besides tensors.*weights_only=True"
+    ):
         ViLSegCheckpointer(build_model(tiny_cfg())).load(str(path))
 
 
@@ -154,4 +174,6 @@ def test_partly_fitting_weights_load_with_the_misfits_logged(tmp_path, caplog):
     finally:
         logging.getLogger("fvcore").removeHandler(caplog.handler)
     assert "clustering_head.predictor.weight" in caplog.text
-    assert torch.equal(dst.backbone.visual.positional_embedding, src.backbone.visual.positional_embedding)
+    assert torch.equal(
+        dst.backbone.visual.positional_embedding, src.backbone.visual.positional_embedding
+    )

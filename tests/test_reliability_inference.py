@@ -37,7 +37,9 @@ def assert_probabilities(out: dict, height: int, width: int, k: int = len(VOCAB)
 
 
 def random_uint8(*shape: int, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    return torch.randint(
+        0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 # ------------------------------------------------------------------------------ model API
@@ -58,14 +60,24 @@ def test_16_bit_tensor_is_scaled_to_8_bits(model):
     out = segment(model, image8.to(torch.int32).mul(257).to(torch.uint16))
     assert_probabilities(out, 40, 50)
     torch.testing.assert_close(out["sem_seg"], expected["sem_seg"])
-    with pytest.raises(ValueError, match=r"values up to 65535; the model takes 0-255 .*\(divide by 257\) or pass it as a torch.uint16"):
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"values up to 65535; the model takes 0-255 .*\(divide by 257\) "
+            r"or pass it as a torch.uint16"
+        ),
+    ):
         segment(model, image8.to(torch.int32) * 257)  # 16-bit values in an int32 tensor: ambiguous
 
 
 def test_rgba_and_channels_last_are_clear_errors(model):
-    with pytest.raises(ValueError, match=r"got shape \(4, 40, 50\)\. Remove the alpha channel first"):
+    with pytest.raises(
+        ValueError, match=r"got shape \(4, 40, 50\)\. Remove the alpha channel first"
+    ):
         segment(model, random_uint8(4, 40, 50))
-    with pytest.raises(ValueError, match=r"got shape \(40, 50, 3\)\. It looks channels-last .*permute\(2, 0, 1\)"):
+    with pytest.raises(
+        ValueError, match=r"got shape \(40, 50, 3\)\. It looks channels-last .*permute\(2, 0, 1\)"
+    ):
         segment(model, random_uint8(40, 50, 3))
     with pytest.raises(ValueError, match=r"'image' is empty"):
         segment(model, random_uint8(3, 0, 50))
@@ -100,9 +112,12 @@ def test_very_wide_image_with_sliding_windows(model):
 
 def test_duplicate_class_names_are_a_clear_error(model):
     image = random_uint8(3, 32, 32)
-    with pytest.raises(ValueError, match=r"names these classes more than once: \['Star', 'star '\].*'cat, kitten'"):
+    with pytest.raises(
+        ValueError, match=r"names these classes more than once: \['Star', 'star '\].*'cat, kitten'"
+    ):
         model([{"image": image, "vocabulary": ["circle", "star ", "Star"]}])
-    out = model([{"image": image, "vocabulary": ["circle", "star, pentagram"]}])[0]  # synonyms: one class
+    # synonyms: one class
+    out = model([{"image": image, "vocabulary": ["circle", "star, pentagram"]}])[0]
     assert_probabilities(out, 32, 32, k=2)
 
 
@@ -110,16 +125,30 @@ def test_duplicate_class_names_are_a_clear_error(model):
 
 
 def load_demo():
-    spec = importlib.util.spec_from_file_location("vilseg_demo_tool", os.path.join(ROOT, "tools", "demo.py"))
+    spec = importlib.util.spec_from_file_location(
+        "vilseg_demo_tool", os.path.join(ROOT, "tools", "demo.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def demo_argv(inputs, out_dir, *, vocabulary: str | None = "circle; square; star", vocabulary_file=None, opts=(),
-              weights=("--random-weights",)):  # fmt: skip
-    argv = ["--config-file", TINY_CONFIG, "--input", *map(str, inputs), "--output", str(out_dir), *weights]
-    argv += ["--vocabulary", vocabulary] if vocabulary_file is None else ["--vocabulary-file", str(vocabulary_file)]
+def demo_argv(inputs, out_dir, *, vocabulary: str | None = "circle; square; star",
+              vocabulary_file=None, opts=(), weights=("--random-weights",)):  # fmt: skip
+    argv = [
+        "--config-file",
+        TINY_CONFIG,
+        "--input",
+        *map(str, inputs),
+        "--output",
+        str(out_dir),
+        *weights,
+    ]
+    argv += (
+        ["--vocabulary", vocabulary]
+        if vocabulary_file is None
+        else ["--vocabulary-file", str(vocabulary_file)]
+    )
     return argv + ["--opts", "MODEL.DEVICE", "cpu", *opts]
 
 
@@ -131,8 +160,12 @@ def odd_images(tmp_path_factory) -> dict:
     rgb = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
     files = {
         "gray": Image.fromarray(rgb[..., 0], mode="L"),
-        "rgba": Image.fromarray(np.dstack([rgb, rng.integers(0, 256, (48, 64), dtype=np.uint8)]), mode="RGBA"),
-        "gray16": Image.fromarray((np.arange(48 * 64, dtype=np.uint16).reshape(48, 64) * 21).astype(np.uint16)),
+        "rgba": Image.fromarray(
+            np.dstack([rgb, rng.integers(0, 256, (48, 64), dtype=np.uint8)]), mode="RGBA"
+        ),
+        "gray16": Image.fromarray(
+            (np.arange(48 * 64, dtype=np.uint16).reshape(48, 64) * 21).astype(np.uint16)
+        ),
         "tiny_5x7": Image.fromarray(rgb[:5, :7]),
         "wide_64x1500": Image.fromarray(np.tile(rgb[:, :60], (2, 25, 1))[:64, :1500]),
     }
@@ -149,32 +182,49 @@ def test_demo_segments_every_mode_and_size(odd_images, tmp_path, capsys, monkeyp
     demo = load_demo()
     seen = []  # the BGR images the demo hands to the predictor
     real_call = demo.ViLSegPredictor.__call__
-    monkeypatch.setattr(demo.ViLSegPredictor, "__call__", lambda self, bgr: seen.append(bgr) or real_call(self, bgr))
+    monkeypatch.setattr(
+        demo.ViLSegPredictor, "__call__", lambda self, bgr: seen.append(bgr) or real_call(self, bgr)
+    )
     order = ["gray", "rgba", "gray16", "tiny_5x7", "wide_64x1500", "broken"]
     out = tmp_path / "out"
-    shares = demo.main(demo_argv([odd_images[k] for k in order], out, opts=["MODEL.VILSEG.SLIDING_WINDOW_SIZE", "128"]))
+    shares = demo.main(
+        demo_argv(
+            [odd_images[k] for k in order], out, opts=["MODEL.VILSEG.SLIDING_WINDOW_SIZE", "128"]
+        )
+    )
 
     gray, rgba, gray16 = seen[:3]
     assert gray.shape == (48, 64, 3) and (gray == gray[..., :1]).all()
     raw16 = np.asarray(Image.open(odd_images["gray16"])).astype(np.float64)
     assert raw16.max() > 255  # really 16-bit data: scaled to 8 bits, not clipped to white
-    np.testing.assert_array_equal(gray16, np.repeat(np.rint(raw16 / 257).astype(np.uint8)[..., None], 3, 2))
+    np.testing.assert_array_equal(
+        gray16, np.repeat(np.rint(raw16 / 257).astype(np.uint8)[..., None], 3, 2)
+    )
     src = np.asarray(Image.open(odd_images["rgba"])).astype(np.float64)
     alpha = src[..., 3:] / 255  # composited over white
-    np.testing.assert_array_equal(rgba[..., ::-1], np.rint(src[..., :3] * alpha + 255 * (1 - alpha)).astype(np.uint8))
+    np.testing.assert_array_equal(
+        rgba[..., ::-1], np.rint(src[..., :3] * alpha + 255 * (1 - alpha)).astype(np.uint8)
+    )
     assert sorted(shares) == sorted(str(odd_images[k]) for k in order if k != "broken")
     for name in order[:-1]:
         s = shares[str(odd_images[name])]
-        assert set(s) <= {"circle", "square", "star"} and sum(s.values()) == pytest.approx(1, abs=1e-4)
+        assert set(s) <= {"circle", "square", "star"} and sum(s.values()) == pytest.approx(
+            1, abs=1e-4
+        )
         with Image.open(out / f"{name}.png") as picture, Image.open(odd_images[name]) as src:
-            # input | overlay | clusters, enlarged by a whole factor until the shorter side is >= 384
+            # input | overlay | clusters, enlarged by a whole factor until the shorter side is
+            # >= 384
             factor = max(1, -(-384 // min(src.size)))
             assert picture.size == (3 * factor * src.size[0], factor * src.size[1]), name
             panels = np.split(np.asarray(picture.convert("RGB")), 3, axis=1)
-        assert not np.array_equal(panels[0], panels[1]) and not np.array_equal(panels[0], panels[2]), name
+        assert not np.array_equal(panels[0], panels[1]) and not np.array_equal(
+            panels[0], panels[2]
+        ), name
     assert json.loads((out / "shares.json").read_text()) == shares
     err = capsys.readouterr().err
-    assert "skipped " + str(odd_images["broken"]) + ": cannot read it as an image (not an image" in err
+    assert (
+        "skipped " + str(odd_images["broken"]) + ": cannot read it as an image (not an image" in err
+    )
 
 
 def test_demo_vocabulary_errors_say_what_to_fix(odd_images, tmp_path):
@@ -184,7 +234,9 @@ def test_demo_vocabulary_errors_say_what_to_fix(odd_images, tmp_path):
         demo.main(demo_argv(image, tmp_path, vocabulary="star; circle; Star"))
     latin1 = tmp_path / "classes_latin1.txt"
     latin1.write_bytes("caf\xe9\nd\xe9j\xe0 vu\n".encode("latin-1"))
-    with pytest.raises(SystemExit, match=r"classes_latin1\.txt is not UTF-8 text .*save it as UTF-8"):
+    with pytest.raises(
+        SystemExit, match=r"classes_latin1\.txt is not UTF-8 text .*save it as UTF-8"
+    ):
         demo.main(demo_argv(image, tmp_path, vocabulary_file=latin1))
     blank = tmp_path / "blank.txt"
     blank.write_text("\n ; \n")
@@ -205,7 +257,9 @@ def test_demo_with_truncated_weights_names_the_file(odd_images, tmp_path):
     cut.write_bytes(data[: len(data) // 2])
     demo = load_demo()
     with pytest.raises(RuntimeError, match=r"Cannot read checkpoint .*half\.pth: it is truncated"):
-        demo.main(demo_argv([odd_images["gray"]], tmp_path / "out", opts=["MODEL.WEIGHTS", str(cut)]))
+        demo.main(
+            demo_argv([odd_images["gray"]], tmp_path / "out", opts=["MODEL.WEIGHTS", str(cut)])
+        )
 
 
 def test_demo_refuses_untrained_weights_unless_asked(odd_images, tmp_path, caplog):
@@ -224,5 +278,6 @@ def test_demo_adds_the_background_class_the_rules_assign(odd_images, tmp_path, c
                                      opts=["MODEL.VILSEG.BG_THRESHOLD", "0.99"]))  # fmt: skip
     assert "added the class 'background'" in caplog.text
     share = next(iter(shares.values()))
-    # 2 named classes of an untrained model: no probability reaches 0.99, all is background, not "star"
+    # 2 named classes of an untrained model: no probability reaches 0.99, all is background,
+    # not "star"
     assert share == {"background": pytest.approx(1.0)}

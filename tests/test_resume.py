@@ -15,7 +15,11 @@ import pytest
 import torch
 from detectron2.data.build import build_batch_data_loader
 
-from vilseg_d2.data.caption_stream import CaptionTrainStream, MapStyleCaptionSource, ShardCaptionSource
+from vilseg_d2.data.caption_stream import (
+    CaptionTrainStream,
+    MapStyleCaptionSource,
+    ShardCaptionSource,
+)
 from vilseg_d2.data.synthetic import generate_synthetic_world
 
 from train_runs import kill_after_checkpoint, metrics, run
@@ -29,12 +33,15 @@ LOSSES = ("total_loss", "loss_vision", "loss_cross", "loss_cluster")
 @pytest.fixture(scope="module")
 def datasets_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("d2data_resume")
-    generate_synthetic_world(str(root / "synthetic"), num_train=40, num_val=0, seed=0, num_workers=0)
+    generate_synthetic_world(
+        str(root / "synthetic"), num_train=40, num_val=0, seed=0, num_workers=0
+    )
     return root
 
 
 def command(out_dir: Path, *extra: str) -> list[str]:
-    """tools/train_net.py on the tiny config: 1 process, 0 workers, fixed seed, every iteration logged."""
+    """tools/train_net.py on the tiny config: 1 process, 0 workers, fixed seed, every iteration
+    logged."""
     return [
         sys.executable, os.path.join(ROOT, "tools", "train_net.py"),
         "--config-file", os.path.join(ROOT, "configs", "vilseg_tiny.yaml"), *extra,
@@ -52,16 +59,25 @@ def test_sigkill_then_resume_continues_like_an_uninterrupted_run(datasets_root, 
     log = run(command(reference_dir), datasets_root)
     # Iteration 0 (L_cross alone) reads a loader without the auxiliary views; the loader that
     # replaces it at iteration 1 continues the caption stream there, like the resumed run below.
-    assert "Iteration 1: the training loader now makes {'local_crops': True, 'transformed_view': True}" in log
+    assert (
+        "Iteration 1: the training loader now makes {'local_crops': True, 'transformed_view': True}"
+        in log
+    )
     reference = metrics(reference_dir)
     assert sorted(reference) == list(range(MAX_ITER))
 
-    ckpt_iter = kill_after_checkpoint([command(killed_dir)], datasets_root, killed_dir, CHECKPOINT_PERIOD - 1)
+    ckpt_iter = kill_after_checkpoint(
+        [command(killed_dir)], datasets_root, killed_dir, CHECKPOINT_PERIOD - 1
+    )
     before_kill = metrics(killed_dir)
     assert max(before_kill) > ckpt_iter  # the kill lost at least one iteration after the checkpoint
-    ckpt = torch.load(killed_dir / f"model_{ckpt_iter:07d}.pth", map_location="cpu", weights_only=True)
+    ckpt = torch.load(
+        killed_dir / f"model_{ckpt_iter:07d}.pth", map_location="cpu", weights_only=True
+    )
     assert ckpt["iteration"] == ckpt_iter
-    ref_ckpt = torch.load(reference_dir / f"model_{ckpt_iter:07d}.pth", map_location="cpu", weights_only=True)
+    ref_ckpt = torch.load(
+        reference_dir / f"model_{ckpt_iter:07d}.pth", map_location="cpu", weights_only=True
+    )
     center = "criterion.center"
     assert ckpt["model"][center].abs().sum() > 0  # the DINO center the resumed run starts from
     torch.testing.assert_close(ckpt["model"][center], ref_ckpt["model"][center], atol=1e-6, rtol=0)
@@ -73,7 +89,9 @@ def test_sigkill_then_resume_continues_like_an_uninterrupted_run(datasets_root, 
     assert sorted(resumed) == list(range(MAX_ITER))
     for it in range(MAX_ITER):
         for key in LOSSES + ("lr", "teacher_temp", "logit_scale", "aux_weight_factor"):
-            if it == 0 and key.startswith("loss_"):  # L_cross alone: Detectron2 logs only total_loss
+            if it == 0 and key.startswith(
+                "loss_"
+            ):  # L_cross alone: Detectron2 logs only total_loss
                 assert key not in resumed[it] and key not in reference[it]
                 continue
             assert resumed[it][key] == pytest.approx(reference[it][key], abs=1e-5, rel=0), (it, key)
@@ -81,7 +99,9 @@ def test_sigkill_then_resume_continues_like_an_uninterrupted_run(datasets_root, 
             assert resumed[it] == before_kill[it]
     # what the killed run computed after the checkpoint, the resumed run computed again, the same
     for it in range(start, max(before_kill) + 1):
-        assert resumed[it]["total_loss"] == pytest.approx(before_kill[it]["total_loss"], abs=1e-5, rel=0)
+        assert resumed[it]["total_loss"] == pytest.approx(
+            before_kill[it]["total_loss"], abs=1e-5, rel=0
+        )
 
     # same final state: weights, momentum teacher, DINO center, optimizer moments, scheduler
     final = torch.load(killed_dir / "model_final.pth", map_location="cpu", weights_only=True)
@@ -109,7 +129,13 @@ def _caption_and_draw(record: dict) -> tuple:
 
 def _batches(num_workers: int, start_iter: int, count: int, batch: int = 3) -> list:
     sources = [
-        (name, MapStyleCaptionSource([{"caption": f"{name} {i}"} for i in range(n)], seed=5, description=name), n)
+        (
+            name,
+            MapStyleCaptionSource(
+                [{"caption": f"{name} {i}"} for i in range(n)], seed=5, description=name
+            ),
+            n,
+        )
         for name, n in (("a", 7), ("b", 4))
     ]
     stream = CaptionTrainStream(
@@ -128,8 +154,12 @@ def test_caption_stream_resumes_with_the_batches_of_an_uninterrupted_run(num_wor
     np.random.seed(0)
     state = np.random.get_state()[1].copy()
     uninterrupted = _batches(num_workers, 0, 7)
-    assert np.array_equal(np.random.get_state()[1], state)  # the process's own np.random is untouched
-    resumed = _batches(num_workers, 3, 4)  # odd: the new iterator's worker 0 takes over worker 1's part
+    assert np.array_equal(
+        np.random.get_state()[1], state
+    )  # the process's own np.random is untouched
+    resumed = _batches(
+        num_workers, 3, 4
+    )  # odd: the new iterator's worker 0 takes over worker 1's part
     assert resumed == uninterrupted[3:]  # same records, same augmentation draws, same mixing
     # not trivially equal: the stream mixes both datasets and the draws differ per sample
     assert {c.split()[0] for b in uninterrupted for c, _ in b} == {"a", "b"}
@@ -137,17 +167,22 @@ def test_caption_stream_resumes_with_the_batches_of_an_uninterrupted_run(num_wor
 
 
 def test_shard_stream_resumes_with_a_new_seeded_shuffle(tmp_path):
-    from data_fixtures import make_shards
     from vilseg_d2.data.skip_tracker import SkipTracker
+
+    from data_fixtures import make_shards
 
     shards, good = make_shards(str(tmp_path), 3, 4)
 
     def keys(start: int, n: int = 12) -> list[str]:
         source = ShardCaptionSource(shards, seed=2, shuffle_buffer=4, rank=0, world_size=1)
-        tracker = SkipTracker(dataset_name="t", source="t", max_skip_fraction=0.1, min_records=10, context="test")
+        tracker = SkipTracker(
+            dataset_name="t", source="t", max_skip_fraction=0.1, min_records=10, context="test"
+        )
         records = source.iter_records(tracker, start=start)
         return [next(records)["__key__"] for _ in range(n)]
 
     fresh, resumed = keys(0), keys(40)
     assert set(fresh) == set(resumed) == good  # each a full pass over the data
-    assert resumed == keys(40) and resumed != fresh  # deterministic for the skip count, not a replay
+    assert (
+        resumed == keys(40) and resumed != fresh
+    )  # deterministic for the skip count, not a replay

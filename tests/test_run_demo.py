@@ -8,14 +8,17 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from helpers import ROOT, tiny_cfg
 from vilseg_d2.data.synthetic import STUFF_CLASSES
 from vilseg_d2.engine import ViLSegCheckpointer
 from vilseg_d2.visualization import cluster_panel
 
+from helpers import ROOT, tiny_cfg
+
 
 def _run_demo():
-    spec = importlib.util.spec_from_file_location("run_demo", os.path.join(ROOT, "tools", "run_demo.py"))
+    spec = importlib.util.spec_from_file_location(
+        "run_demo", os.path.join(ROOT, "tools", "run_demo.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -25,7 +28,9 @@ def test_background_rules_chosen_on_the_held_out_world(tmp_path):
     run_demo = _run_demo()
     pairs = run_demo.held_out_world(str(tmp_path / "synthetic"), 6)
     assert len(pairs) == 6 and (tmp_path / "synthetic_heldout" / "meta.json").is_file()
-    assert len(run_demo.held_out_world(str(tmp_path / "synthetic"), 9)) == 9  # a smaller one is made anew
+    assert (
+        len(run_demo.held_out_world(str(tmp_path / "synthetic"), 9)) == 9
+    )  # a smaller one is made anew
     image, mask = pairs[0]
     assert image.shape == (3, 128, 128) and image.dtype == torch.uint8 and mask.shape == (128, 128)
 
@@ -35,7 +40,10 @@ def test_background_rules_chosen_on_the_held_out_world(tmp_path):
     assert len(chosen["grid"]) == len(run_demo.BACKGROUND_GRID)
     assert chosen["heldout_mIoU"] == pytest.approx(max(chosen["grid"].values()), abs=0.01)
     # the model keeps the chosen rules, and scores with them what the calibration said
-    assert (model.bg_threshold, model.bg_global_similarity) == (chosen["bg_threshold"], chosen["bg_global_similarity"])
+    assert (model.bg_threshold, model.bg_global_similarity) == (
+        chosen["bg_threshold"],
+        chosen["bg_global_similarity"],
+    )
     assert abs(run_demo.mean_iou(model, pairs, list(STUFF_CLASSES)) - chosen["heldout_mIoU"]) < 1e-6
 
 
@@ -46,7 +54,9 @@ def test_a_checkpoint_of_another_configuration_is_not_reused(tmp_path):
     ViLSegCheckpointer(five, str(tmp_path)).save("model_final")
     path = str(tmp_path / "model_final.pth")
     run_demo.check_fits(five, path)
-    with pytest.raises(RuntimeError, match=r"another configuration: 2 tensors .*clustering_head.*Delete"):
+    with pytest.raises(
+        RuntimeError, match=r"another configuration: 2 tensors .*clustering_head.*Delete"
+    ):
         run_demo.check_fits(build_model(tiny_cfg()), path)
 
 
@@ -55,12 +65,21 @@ def test_results_table_has_a_row_per_model_mode_and_refinement():
     cfg = tiny_cfg(MODEL__VILSEG__BG_THRESHOLD=0.9)
 
     def result(mode, iters, miou, background=None):
-        return {"mIoU": miou, "pACC": 80.0, "mACC": 50.0, "mode": mode, "refine_iters": iters, "background": background}
+        return {
+            "mIoU": miou,
+            "pACC": 80.0,
+            "mACC": 50.0,
+            "mode": mode,
+            "refine_iters": iters,
+            "background": background,
+        }
 
     metrics = {
         "ViL-Seg": {
             "train_seconds": 10.0,
-            "online": result("online", 10, 58.94, {"bg_threshold": 0.995, "bg_global_similarity": 0.8}),
+            "online": result(
+                "online", 10, 58.94, {"bg_threshold": 0.995, "bg_global_similarity": 0.8}
+            ),
             "online, unrefined": result("online", 0, 44.31),
         },
         "wall_seconds": 20.0,
@@ -68,7 +87,9 @@ def test_results_table_has_a_row_per_model_mode_and_refinement():
     rows = run_demo.results_table(metrics, cfg.MODEL.VILSEG).splitlines()
     assert len(rows) == 4
     assert rows[2] == "| ViL-Seg | online | PAMR, 10 steps | 58.9 | 80.0 | 50.0 | 0.995 / 0.8 |"
-    assert rows[3] == "| ViL-Seg | online | none | 44.3 | 80.0 | 50.0 | 0.9 / 0.0 |"  # the config's rules
+    assert (
+        rows[3] == "| ViL-Seg | online | none | 44.3 | 80.0 | 50.0 | 0.9 / 0.0 |"
+    )  # the config's rules
 
 
 def test_cluster_panel_colours_every_cluster():
@@ -93,8 +114,12 @@ def test_ablation_runs_are_the_papers_table_2_columns():
     assert len(set(folders)) == 3  # each model trains (and resumes) in its own folder
     _, extra, modes = runs["ViL-Seg w/o clustering head"]
     assert modes == ("kmeans",)
-    model = build_model(tiny_cfg(**{k.replace(".", "__"): v for k, v in zip(extra[::2], extra[1::2])}))
-    assert model.criterion.weight_dict["loss_cluster"] == 0 and not any(p.requires_grad for p in model.clustering_head.parameters())
+    model = build_model(
+        tiny_cfg(**{k.replace(".", "__"): v for k, v in zip(extra[::2], extra[1::2])})
+    )
+    assert model.criterion.weight_dict["loss_cluster"] == 0 and not any(
+        p.requires_grad for p in model.clustering_head.parameters()
+    )
     _, extra, modes = runs["ViL-Seg w/o L_vision"]
     assert modes == ("online",) and extra == ("MODEL.VILSEG.VISION_WEIGHT", 0.0)
 
@@ -111,6 +136,13 @@ def test_eval_config_carries_the_rows_inference(tmp_path):
     assert path == str(tmp_path / "eval_kmeans_unrefined.yaml")
     written = get_vilseg_cfg(path)  # loads as any config: no override needed to evaluate the row
     v = written.MODEL.VILSEG
-    assert (v.INFERENCE_MODE, v.REFINE_ITERS, v.BG_THRESHOLD, v.BG_GLOBAL_SIMILARITY) == ("kmeans", 0, 0.95, 0.7)
-    assert written.MODEL.WEIGHTS == str(tmp_path / "model_final.pth") and written.MODEL.DEVICE == "cpu"
+    assert (v.INFERENCE_MODE, v.REFINE_ITERS, v.BG_THRESHOLD, v.BG_GLOBAL_SIMILARITY) == (
+        "kmeans",
+        0,
+        0.95,
+        0.7,
+    )
+    assert (
+        written.MODEL.WEIGHTS == str(tmp_path / "model_final.pth") and written.MODEL.DEVICE == "cpu"
+    )
     assert written.OUTPUT_DIR == str(tmp_path / "eval" / "eval_kmeans_unrefined")

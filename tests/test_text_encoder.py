@@ -49,7 +49,9 @@ def test_cache_per_vocabulary_in_eval_and_dropped_on_train_and_load(encoder, mon
     a = encoder.class_embeddings(["cat", "dog"])
     calls = []
     real_forward = encoder.forward
-    monkeypatch.setattr(encoder, "forward", lambda texts: calls.append(len(texts)) or real_forward(texts))
+    monkeypatch.setattr(
+        encoder, "forward", lambda texts: calls.append(len(texts)) or real_forward(texts)
+    )
     assert encoder.class_embeddings(["cat", "dog"]) is a
     assert calls == []
     encoder.class_embeddings(["dog", "cat"])  # another vocabulary: computed
@@ -89,9 +91,13 @@ def test_pretrained_open_clip_checkpoint_brings_both_towers_and_its_logit_scale(
     path = tmp_path / "open_clip_tiny.pt"
     torch.save(clip.state_dict(), path)
 
-    model = build_model(tiny_cfg(MODEL__OPEN_CLIP__PRETRAINED=str(path), MODEL__CLIP_VIT__CONV_STEM=False))
+    model = build_model(
+        tiny_cfg(MODEL__OPEN_CLIP__PRETRAINED=str(path), MODEL__CLIP_VIT__CONV_STEM=False)
+    )
     assert float(model.scale().detach()) == pytest.approx(55.0, rel=1e-6)
-    torch.testing.assert_close(model.text_encoder.clip.token_embedding.weight, clip.token_embedding.weight)
+    torch.testing.assert_close(
+        model.text_encoder.clip.token_embedding.weight, clip.token_embedding.weight
+    )
     torch.testing.assert_close(model.backbone.visual.transformer.resblocks[0].mlp.c_fc.weight,
                                clip.visual.transformer.resblocks[0].mlp.c_fc.weight)  # fmt: skip
     # from scratch (the paper): the config's value

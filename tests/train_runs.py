@@ -20,12 +20,20 @@ TINY_CONFIG = os.path.join(ROOT, "configs", "vilseg_tiny.yaml")
 
 def environment(root: Path) -> dict:
     """Offline, one thread per process, datasets under ``root``."""
-    return dict(os.environ, DETECTRON2_DATASETS=str(root), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return dict(
+        os.environ,
+        DETECTRON2_DATASETS=str(root),
+        HF_HUB_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+    )
 
 
 def run(cmd: list[str], root: Path) -> str:
     """Run a command to its end; fail the test on a non-zero exit. Returns its output."""
-    proc = subprocess.run(cmd, env=environment(root), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        cmd, env=environment(root), cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc.stdout + proc.stderr
 
@@ -47,19 +55,23 @@ def metrics(out_dir: Path) -> dict[int, dict]:
     return by_iter
 
 
-def kill_after_checkpoint(cmds: Sequence[list[str]], root: Path, out_dir: Path, first_checkpoint: int) -> int:
+def kill_after_checkpoint(
+    cmds: Sequence[list[str]], root: Path, out_dir: Path, first_checkpoint: int
+) -> int:
     """Start one training job (one command, or one per machine), SIGKILL all of its processes
     once it has logged the iteration after ``first_checkpoint`` (so that this iteration's work is
     lost), and return the iteration of ``last_checkpoint``."""
     procs = [
-        subprocess.Popen(cmd, env=environment(root), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                         start_new_session=True)  # fmt: skip
+        subprocess.Popen(cmd, env=environment(root), cwd=ROOT, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
         for cmd in cmds
     ]
     try:
         while max(metrics(out_dir), default=-1) <= first_checkpoint:
             if any(p.poll() is not None for p in procs):
-                errors = "\n".join(p.stderr.read().decode()[-3000:] for p in procs if p.poll() is not None)
+                errors = "\n".join(
+                    p.stderr.read().decode()[-3000:] for p in procs if p.poll() is not None
+                )
                 pytest.fail("training ended before it could be killed:\n" + errors)
             time.sleep(0.02)
         for p in procs:  # every process of the job: the launchers and their workers

@@ -2,7 +2,8 @@
 """Segment your own images with any vocabulary.
 
     tools/demo.py --config-file configs/vilseg_tiny.yaml --input img.jpg more/ \\
-        --vocabulary "cat; dog; sky, clouds" --output out/ --opts MODEL.WEIGHTS model_final.pth MODEL.DEVICE cpu
+        --vocabulary "cat; dog; sky, clouds" --output out/ \\
+        --opts MODEL.WEIGHTS model_final.pth MODEL.DEVICE cpu
 
 (``MODEL.DEVICE cpu`` runs it on the CPU; without it the config's CUDA is required.)
 
@@ -11,9 +12,10 @@ cluster map; small images enlarged so that the names fit), and one ``shares.json
 image's per-class pixel shares. Classes are separated by ';' (or one per line in
 --vocabulary-file); commas within a class list synonyms.
 
-Weights: ``MODEL.WEIGHTS`` (a checkpoint of this project, e.g. ``output/demo/train/model_final.pth``)
-or pretrained open_clip towers (``MODEL.OPEN_CLIP.PRETRAINED``); without either it stops, unless
-``--random-weights`` asks for an untrained model. With the background rules on
+Weights: ``MODEL.WEIGHTS`` (a checkpoint of this project, e.g.
+``output/demo/train/model_final.pth``) or pretrained open_clip towers
+(``MODEL.OPEN_CLIP.PRETRAINED``); without either it stops, unless ``--random-weights`` asks for
+an untrained model. With the background rules on
 (``MODEL.VILSEG.BG_THRESHOLD`` / ``BG_GLOBAL_SIMILARITY``, as the demo's config.yaml has them), a
 vocabulary without a "background" class gets one, and it says so.
 
@@ -30,9 +32,11 @@ import logging
 import os
 import sys
 
-# isort: off  (vilseg_d2 first: it fills the registries and quiets third-party import warnings)
+# vilseg_d2 first: it fills the registries and quiets third-party import warnings.
+# isort: off
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import vilseg_d2  # noqa: E402,F401
+
 # isort: on
 
 import numpy as np
@@ -53,7 +57,9 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def get_parser():
-    p = argparse.ArgumentParser(description="ViL-Seg demo: open-vocabulary segmentation of your images.")
+    p = argparse.ArgumentParser(
+        description="ViL-Seg demo: open-vocabulary segmentation of your images."
+    )
     p.add_argument("--config-file", required=True, metavar="FILE")
     p.add_argument("--input", nargs="+", required=True, help="image files and/or folders")
     vocab = p.add_mutually_exclusive_group(required=True)
@@ -61,8 +67,11 @@ def get_parser():
     vocab.add_argument("--vocabulary-file", help="UTF-8 text file, one class per line")
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--random-weights", action="store_true",
-                   help="segment with untrained weights when neither MODEL.WEIGHTS nor MODEL.OPEN_CLIP.PRETRAINED is set")  # fmt: skip
-    p.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides, KEY VALUE ...")
+                   help="segment with untrained weights when neither MODEL.WEIGHTS nor "
+                        "MODEL.OPEN_CLIP.PRETRAINED is set")  # fmt: skip
+    p.add_argument(
+        "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides, KEY VALUE ..."
+    )
     return p
 
 
@@ -75,17 +84,23 @@ def load_vocabulary(args) -> list:
             with open(args.vocabulary_file, encoding="utf-8-sig") as f:  # a BOM is dropped
                 text = f.read()
         except UnicodeDecodeError as e:
-            raise SystemExit(f"--vocabulary-file {args.vocabulary_file} is not UTF-8 text ({e}); save it as UTF-8.")
+            raise SystemExit(
+                f"--vocabulary-file {args.vocabulary_file} is not UTF-8 text ({e}); "
+                "save it as UTF-8."
+            )
         except OSError as e:
             raise SystemExit(f"Cannot read --vocabulary-file: {e}")
     classes = parse_vocabulary(text)
     if not classes:
-        raise SystemExit("The vocabulary is empty: give at least one class name, e.g. --vocabulary 'cat; dog'.")
+        raise SystemExit(
+            "The vocabulary is empty: give at least one class name, e.g. --vocabulary 'cat; dog'."
+        )
     duplicates = duplicate_classes(classes)
     if duplicates:
         raise SystemExit(
-            f"The vocabulary names these classes more than once: {duplicates}. Give each class once; "
-            f"synonyms of one class go in one name, separated by commas ('cat, kitten')."
+            f"The vocabulary names these classes more than once: {duplicates}. "
+            "Give each class once; synonyms of one class go in one name, separated by commas "
+            "('cat, kitten')."
         )
     return classes
 
@@ -94,7 +109,9 @@ def list_images(inputs) -> list:
     files = []
     for path in inputs:
         if os.path.isdir(path):
-            found = sorted(f for f in glob.glob(os.path.join(path, "*")) if f.lower().endswith(IMAGE_EXTS))
+            found = sorted(
+                f for f in glob.glob(os.path.join(path, "*")) if f.lower().endswith(IMAGE_EXTS)
+            )
             if not found:
                 raise SystemExit(f"No images ({', '.join(IMAGE_EXTS)}) in folder {path}.")
             files += found
@@ -111,9 +128,10 @@ def setup_cfg(args):
     cfg.freeze()
     if not (cfg.MODEL.WEIGHTS or cfg.MODEL.OPEN_CLIP.PRETRAINED or args.random_weights):
         raise SystemExit(
-            "No trained weights: pass --opts MODEL.WEIGHTS /path/to/model_final.pth (after `make demo`: "
-            "output/demo/train/model_final.pth with --config-file output/demo/train/config.yaml), or pretrained "
-            "towers with MODEL.OPEN_CLIP.PRETRAINED. --random-weights segments with an untrained model."
+            "No trained weights: pass --opts MODEL.WEIGHTS /path/to/model_final.pth (after "
+            "`make demo`: output/demo/train/model_final.pth with --config-file "
+            "output/demo/train/config.yaml), or pretrained towers with "
+            "MODEL.OPEN_CLIP.PRETRAINED. --random-weights segments with an untrained model."
         )
     return cfg
 
@@ -125,8 +143,10 @@ def with_background(vocabulary: list, cfg) -> list:
     if not rules or BACKGROUND in (c.strip().lower() for c in vocabulary):
         return vocabulary
     logger.info(
-        f"The background rules are on (MODEL.VILSEG.BG_THRESHOLD {cfg.MODEL.VILSEG.BG_THRESHOLD}, BG_GLOBAL_SIMILARITY "
-        f"{cfg.MODEL.VILSEG.BG_GLOBAL_SIMILARITY}): added the class {BACKGROUND!r} for the pixels they assign."
+        "The background rules are on (MODEL.VILSEG.BG_THRESHOLD "
+        f"{cfg.MODEL.VILSEG.BG_THRESHOLD}, BG_GLOBAL_SIMILARITY "
+        f"{cfg.MODEL.VILSEG.BG_GLOBAL_SIMILARITY}): added the class {BACKGROUND!r} for the pixels "
+        "they assign."
     )
     return [BACKGROUND] + vocabulary
 
@@ -143,9 +163,14 @@ def main(argv=None):
     if cfg.MODEL.WEIGHTS:
         logger.info(f"Weights: {cfg.MODEL.WEIGHTS}")
     elif cfg.MODEL.OPEN_CLIP.PRETRAINED:
-        logger.info(f"Weights: open_clip {cfg.MODEL.OPEN_CLIP.MODEL_NAME} / {cfg.MODEL.OPEN_CLIP.PRETRAINED}")
+        logger.info(
+            f"Weights: open_clip {cfg.MODEL.OPEN_CLIP.MODEL_NAME} / "
+            f"{cfg.MODEL.OPEN_CLIP.PRETRAINED}"
+        )
     else:
-        logger.warning("Weights: none, an untrained model (--random-weights): the segments mean nothing.")
+        logger.warning(
+            "Weights: none, an untrained model (--random-weights): the segments mean nothing."
+        )
     # Metadata of this call only (the catalog's entries cannot change: main() may run again).
     meta = Metadata(name="__vilseg_demo", stuff_classes=list(vocabulary))
     os.makedirs(args.output, exist_ok=True)
@@ -161,10 +186,17 @@ def main(argv=None):
         labels = out["sem_seg"].argmax(0).cpu().numpy()
         clusters = out["clusters"].cpu().numpy()
         stem = os.path.splitext(os.path.basename(path))[0]
-        Image.fromarray(segmentation_panels(rgb, labels, clusters, meta)).save(os.path.join(args.output, f"{stem}.png"))
+        Image.fromarray(segmentation_panels(rgb, labels, clusters, meta)).save(
+            os.path.join(args.output, f"{stem}.png")
+        )
         counts = np.bincount(labels.reshape(-1), minlength=len(vocabulary)) / labels.size
         shares[path] = {c: round(float(s), 6) for c, s in zip(vocabulary, counts) if s > 0}
-        print(f"{path}: " + ", ".join(f"{c} {100 * s:.1f}%" for c, s in sorted(shares[path].items(), key=lambda x: -x[1])))
+        print(
+            f"{path}: "
+            + ", ".join(
+                f"{c} {100 * s:.1f}%" for c, s in sorted(shares[path].items(), key=lambda x: -x[1])
+            )
+        )
     with open(os.path.join(args.output, "shares.json"), "w") as f:
         json.dump(shares, f, indent=2)
     return shares

@@ -6,7 +6,8 @@ Detectron2 is not published on PyPI. This installer picks, in order:
 1. nothing, if ``import detectron2`` already works;
 2. ``$DETECTRON2_SOURCE`` (a git URL or a local checkout), built with pip so that the compiled
    ops (deformable conv, rotated boxes, ...) are available — what users with a GPU and network
-   access should do, e.g. ``DETECTRON2_SOURCE=git+https://github.com/facebookresearch/detectron2.git``;
+   access should do, e.g.
+   ``DETECTRON2_SOURCE=git+https://github.com/facebookresearch/detectron2.git``;
 3. otherwise the PyPI wheel ``sal-detectron2`` (Detectron2's main branch, mid-2024), repacked as a
    pure-Python wheel: its ``_C`` extension is built for CUDA 12 / Python 3.10 and cannot load
    here, and ViL-Seg's semantic-segmentation path needs none of the compiled ops.
@@ -76,8 +77,15 @@ def install_from_pypi_wheel() -> None:
     _pip("install", "--quiet", "wheel")
     with tempfile.TemporaryDirectory() as tmp:
         _pip(
-            "download", "--quiet", "--no-deps", "--only-binary=:all:", "--python-version", "3.10",
-            f"{WHEEL_NAME}=={WHEEL_VERSION}", "-d", tmp,
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            "3.10",
+            f"{WHEEL_NAME}=={WHEEL_VERSION}",
+            "-d",
+            tmp,
         )
         (wheel,) = glob.glob(os.path.join(tmp, "*.whl"))
         unpack_root = os.path.join(tmp, "unpacked")

@@ -11,7 +11,8 @@
    held-out synthetic world (seed 1; its masks are never the reported ones);
 4. with ``--ablation``, trains and evaluates the paper's Table 2 ablations: the same model
    without L_vision (online), and without the clustering head (L_cluster off; K-means);
-5. writes ``metrics.json``, ``results.md`` and overlay pictures to ``--output`` and prints the table.
+5. writes ``metrics.json``, ``results.md`` and overlay pictures to ``--output`` and prints the
+   table.
 """
 
 import argparse
@@ -22,10 +23,12 @@ import os
 import sys
 import time
 
-# isort: off  (vilseg_d2 first: it fills the registries and quiets third-party import warnings)
+# vilseg_d2 first: it fills the registries and quiets third-party import warnings.
+# isort: off
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 import vilseg_d2  # noqa: E402,F401
+
 # isort: on
 
 import numpy as np
@@ -51,14 +54,20 @@ BACKGROUND_GRID = list(itertools.product((0.9, 0.95, 0.98, 0.995), (0.0, 0.6, 0.
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--output", default="output/demo")
-    p.add_argument("--data", default=os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "synthetic"))
+    p.add_argument(
+        "--data", default=os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "synthetic")
+    )
     p.add_argument("--config-file", default=os.path.join(ROOT, "configs", "vilseg_tiny.yaml"))
-    p.add_argument("--ablation", action="store_true",
-                   help="also train and evaluate ViL-Seg without L_vision and without the clustering head")
+    p.add_argument(
+        "--ablation",
+        action="store_true",
+        help="also train and evaluate ViL-Seg without L_vision and without the clustering head",
+    )
     p.add_argument("--pictures", type=int, default=8, help="validation images to draw")
     p.add_argument("--calibration-images", type=int, default=200,
-                   help="images of the held-out world on which the background rules are chosen per mode "
-                        "(captions never name the background as a thing); 0 keeps the config's rules")  # fmt: skip
+                   help="images of the held-out world on which the background rules are chosen "
+                        "per mode (captions never name the background as a thing); 0 keeps the "
+                        "config's rules")  # fmt: skip
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE ...")
     return p.parse_args(argv)
 
@@ -74,9 +83,23 @@ def ensure_world(data_dir: str) -> None:
 
 
 def make_cfg(args, output_dir: str, extra=()):
-    cfg = get_vilseg_cfg(args.config_file, ["MODEL.DEVICE", "cpu", "SOLVER.AMP.ENABLED", True, "SOLVER.AMP.DTYPE",
-                                            "bf16", "OUTPUT_DIR", output_dir, "TEST.EVAL_PERIOD", 0,
-                                            *extra, *args.opts])
+    cfg = get_vilseg_cfg(
+        args.config_file,
+        [
+            "MODEL.DEVICE",
+            "cpu",
+            "SOLVER.AMP.ENABLED",
+            True,
+            "SOLVER.AMP.DTYPE",
+            "bf16",
+            "OUTPUT_DIR",
+            output_dir,
+            "TEST.EVAL_PERIOD",
+            0,
+            *extra,
+            *args.opts,
+        ],
+    )
     cfg.freeze()
     return cfg
 
@@ -88,12 +111,13 @@ def check_fits(model, path: str) -> None:
     differ = [
         key
         for key, value in model.state_dict().items()
-        if not key.endswith("num_batches_tracked") and (key not in saved or saved[key].shape != value.shape)
+        if not key.endswith("num_batches_tracked")
+        and (key not in saved or saved[key].shape != value.shape)
     ]
     if differ:
         raise RuntimeError(
-            f"{path} was written by another configuration: {len(differ)} tensors are missing or have other "
-            f"shapes (e.g. {differ[:3]}). Delete {os.path.dirname(path)} to train anew."
+            f"{path} was written by another configuration: {len(differ)} tensors are missing or "
+            f"have other shapes (e.g. {differ[:3]}). Delete {os.path.dirname(path)} to train anew."
         )
 
 
@@ -110,9 +134,14 @@ def train(cfg):
     seed_all_rng(None if cfg.SEED < 0 else cfg.SEED)  # as train_net's default_setup does
     trainer = ViLSegTrainer(cfg)
     if trainer.checkpointer.has_checkpoint():
-        check_fits(getattr(trainer.model, "module", trainer.model), trainer.checkpointer.get_checkpoint_file())
+        check_fits(
+            getattr(trainer.model, "module", trainer.model),
+            trainer.checkpointer.get_checkpoint_file(),
+        )
     trainer.resume_or_load(resume=True)
-    trainer._hooks = [h for h in trainer._hooks if not isinstance(h, hooks.EvalHook)]  # evaluated below
+    trainer._hooks = [
+        h for h in trainer._hooks if not isinstance(h, hooks.EvalHook)
+    ]  # evaluated below
     trainer.train()
     model = trainer.model
     return getattr(model, "module", model), time.perf_counter() - start
@@ -141,10 +170,18 @@ def demo_runs(ablation: bool) -> dict:
     ``ablation`` the paper's Table 2 ablations."""
     runs = {"ViL-Seg": ("train", (), MODES)}
     if ablation:
-        runs["ViL-Seg w/o L_vision"] = ("train_no_vision", ("MODEL.VILSEG.VISION_WEIGHT", 0.0), ("online",))
-        # "Offline (K-means)": the head replaced by K-means (the paper counts 0.08M fewer parameters),
-        # so L_cluster never trains the encoder.
-        runs["ViL-Seg w/o clustering head"] = ("train_no_cluster", ("MODEL.VILSEG.CLUSTER_WEIGHT", 0.0), ("kmeans",))
+        runs["ViL-Seg w/o L_vision"] = (
+            "train_no_vision",
+            ("MODEL.VILSEG.VISION_WEIGHT", 0.0),
+            ("online",),
+        )
+        # "Offline (K-means)": the head replaced by K-means (the paper counts 0.08M fewer
+        # parameters), so L_cluster never trains the encoder.
+        runs["ViL-Seg w/o clustering head"] = (
+            "train_no_cluster",
+            ("MODEL.VILSEG.CLUSTER_WEIGHT", 0.0),
+            ("kmeans",),
+        )
     return runs
 
 
@@ -188,13 +225,17 @@ def calibrate_background(model, mode: str, pairs, classes) -> dict:
         for threshold, similarity in BACKGROUND_GRID:
             model.bg_threshold, model.bg_global_similarity = threshold, similarity
             scores[(threshold, similarity)] = mean_iou(model, pairs, classes)
-    (model.bg_threshold, model.bg_global_similarity), best = max(scores.items(), key=lambda kv: kv[1])
+    (model.bg_threshold, model.bg_global_similarity), best = max(
+        scores.items(), key=lambda kv: kv[1]
+    )
     logger.info(
-        f"{mode}: BG_THRESHOLD {model.bg_threshold}, BG_GLOBAL_SIMILARITY {model.bg_global_similarity} "
+        f"{mode}: BG_THRESHOLD {model.bg_threshold}, "
+        f"BG_GLOBAL_SIMILARITY {model.bg_global_similarity} "
         f"(held-out mIoU {best:.1f}; grid {min(scores.values()):.1f}-{best:.1f})"
     )
     return {"bg_threshold": model.bg_threshold, "bg_global_similarity": model.bg_global_similarity,
-            "heldout_mIoU": best, "grid": {f"{t}/{g}": round(v, 2) for (t, g), v in scores.items()}}  # fmt: skip
+            "heldout_mIoU": best,
+            "grid": {f"{t}/{g}": round(v, 2) for (t, g), v in scores.items()}}  # fmt: skip
 
 
 def evaluate(cfg, model, mode: str) -> dict:
@@ -206,7 +247,8 @@ def evaluate(cfg, model, mode: str) -> dict:
 
 
 def draw_pictures(cfg, model, out_dir: str, count: int) -> None:
-    """Input | ground truth | online prediction | clusters of the first ``count`` validation images."""
+    """Input | ground truth | online prediction | clusters of the first ``count`` validation
+    images."""
     os.makedirs(out_dir, exist_ok=True)
     name = cfg.DATASETS.TEST[0]
     meta = MetadataCatalog.get(name)
@@ -216,8 +258,17 @@ def draw_pictures(cfg, model, out_dir: str, count: int) -> None:
         rgb = np.asarray(Image.open(record["file_name"]).convert("RGB"))
         gt = np.asarray(Image.open(record["sem_seg_file_name"]))
         with torch.no_grad():
-            out = model([{"image": torch.from_numpy(rgb.transpose(2, 0, 1).copy()), "vocabulary": meta.stuff_classes}])[0]
-        picture = segmentation_panels(rgb, out["sem_seg"].argmax(0).numpy(), out["clusters"].numpy(), meta, truth=gt)
+            out = model(
+                [
+                    {
+                        "image": torch.from_numpy(rgb.transpose(2, 0, 1).copy()),
+                        "vocabulary": meta.stuff_classes,
+                    }
+                ]
+            )[0]
+        picture = segmentation_panels(
+            rgb, out["sem_seg"].argmax(0).numpy(), out["clusters"].numpy(), meta, truth=gt
+        )
         stem = os.path.splitext(os.path.basename(record["file_name"]))[0]
         Image.fromarray(picture).save(os.path.join(out_dir, f"{stem}_image_gt_online_clusters.png"))
 
@@ -232,7 +283,10 @@ def results_table(metrics: dict, vilseg_cfg) -> str:
         vilseg_cfg: ``cfg.MODEL.VILSEG``, for the rules of uncalibrated runs.
     """
     rows = [
-        "| model | inference | mask refinement | mIoU | pACC | mACC | background: BG_THRESHOLD / BG_GLOBAL_SIMILARITY |",
+        (
+            "| model | inference | mask refinement | mIoU | pACC | mACC "
+            "| background: BG_THRESHOLD / BG_GLOBAL_SIMILARITY |"
+        ),
         "|---|---|---|---|---|---|---|",
     ]
     for run_name, res in metrics.items():
@@ -241,11 +295,14 @@ def results_table(metrics: dict, vilseg_cfg) -> str:
         for r in res.values():
             if not isinstance(r, dict):
                 continue
-            bg = r["background"] or {"bg_threshold": vilseg_cfg.BG_THRESHOLD, "bg_global_similarity": vilseg_cfg.BG_GLOBAL_SIMILARITY}
+            bg = r["background"] or {
+                "bg_threshold": vilseg_cfg.BG_THRESHOLD,
+                "bg_global_similarity": vilseg_cfg.BG_GLOBAL_SIMILARITY,
+            }
             refinement = f"PAMR, {r['refine_iters']} steps" if r["refine_iters"] else "none"
             rows.append(
-                f"| {run_name} | {r['mode']} | {refinement} | {r['mIoU']:.1f} | {r['pACC']:.1f} | {r['mACC']:.1f} "
-                f"| {bg['bg_threshold']} / {bg['bg_global_similarity']} |"
+                f"| {run_name} | {r['mode']} | {refinement} | {r['mIoU']:.1f} | {r['pACC']:.1f} "
+                f"| {r['mACC']:.1f} | {bg['bg_threshold']} / {bg['bg_global_similarity']} |"
             )
     return "\n".join(rows)
 
@@ -260,7 +317,9 @@ def main(argv=None):
     ensure_world(args.data)
 
     classes = MetadataCatalog.get("synthetic_sem_seg_val").stuff_classes
-    held_out = held_out_world(args.data, args.calibration_images) if args.calibration_images > 0 else None
+    held_out = (
+        held_out_world(args.data, args.calibration_images) if args.calibration_images > 0 else None
+    )
     metrics = {}
     for run_name, (sub, extra, modes) in demo_runs(args.ablation).items():
         cfg = make_cfg(args, os.path.join(args.output, sub), extra)
@@ -271,7 +330,9 @@ def main(argv=None):
         for mode in modes:
             for iters in refinements:
                 model.refine_iters = iters
-                background = calibrate_background(model, mode, held_out, classes) if held_out else None
+                background = (
+                    calibrate_background(model, mode, held_out, classes) if held_out else None
+                )
                 result = evaluate(cfg, model, mode)
                 row = mode if iters == refinements[0] else f"{mode}_unrefined"
                 config = write_eval_config(cfg, model, f"eval_{row}")
@@ -289,9 +350,15 @@ def main(argv=None):
     with open(os.path.join(args.output, "results.md"), "w") as f:
         f.write(table + f"\n\nwall time: {metrics['wall_seconds'] / 60:.1f} min\n")
     print("\nViL-Seg on synthetic_sem_seg_val (trained on captions only):\n" + table)
-    print("\nEach row's inference is in the config named in metrics.json, e.g. evaluate the first again with:\n"
-          f"  tools/train_net.py --config-file {metrics['ViL-Seg']['online']['config']} --eval-only")
-    print(f"\nwall time {metrics['wall_seconds'] / 60:.1f} min; metrics, table and pictures in {args.output}")
+    print(
+        "\nEach row's inference is in the config named in metrics.json, e.g. evaluate the first "
+        "again with:\n"
+        f"  tools/train_net.py --config-file {metrics['ViL-Seg']['online']['config']} --eval-only"
+    )
+    print(
+        f"\nwall time {metrics['wall_seconds'] / 60:.1f} min; metrics, table and pictures in "
+        f"{args.output}"
+    )
     return metrics
 
 

@@ -27,7 +27,8 @@ def add_vilseg_backbone_config(cfg: CN) -> None:
     cfg.MODEL.CLIP_VIT.CONV_STEM = False
     cfg.MODEL.CLIP_VIT.CONV_STEM_WIDTH = 64
     # The stem's norm, a Detectron2 get_norm name: "LN" (channel LayerNorm), "BN", "SyncBN" (use it
-    # instead of "BN" for multi-GPU training), "GN", ... A from-scratch stem trains far faster with BN.
+    # instead of "BN" for multi-GPU training), "GN", ... A from-scratch stem trains far faster with
+    # BN.
     cfg.MODEL.CLIP_VIT.CONV_STEM_NORM = "LN"
     # Extra stride-1 3x3 convs after each stride-2 conv of the stem (0 = one conv per stage).
     cfg.MODEL.CLIP_VIT.CONV_STEM_DEPTH = 0
@@ -119,7 +120,8 @@ def add_vilseg_config(cfg: CN) -> None:
     cfg.INPUT.VILSEG.NUM_LOCAL_CROPS = 6
     cfg.INPUT.VILSEG.LOCAL_SIZE = 96
     cfg.INPUT.VILSEG.LOCAL_SCALE = (0.05, 0.4)
-    # g(x): per-channel x * U(1-m, 1+m) + U(-a, a) * 255, then a horizontal flip with prob FLIP_PROB.
+    # g(x): per-channel x * U(1-m, 1+m) + U(-a, a) * 255, then a horizontal flip with probability
+    # FLIP_PROB.
     cfg.INPUT.VILSEG.COLOR_MUL = 0.2
     cfg.INPUT.VILSEG.COLOR_ADD = 0.1
     cfg.INPUT.VILSEG.FLIP_PROB = 0.5
@@ -173,7 +175,8 @@ def add_vilseg_config(cfg: CN) -> None:
     cfg.SOLVER.LOG_PERIOD = 20
 
     # Evaluation vocabulary: "all" = the dataset's stuff_classes (whole-vocabulary evaluation);
-    # "unseen" = only its unseen_classes are candidates, other pixels ignored (the paper's protocol).
+    # "unseen" = only its unseen_classes are candidates, other pixels ignored (the paper's
+    # protocol).
     cfg.TEST.VILSEG = CN()
     cfg.TEST.VILSEG.VOCABULARY = "all"
 
@@ -238,9 +241,13 @@ def _unknown_key_error(cfg: CN, message: str) -> Exception:
     key = match.group(1)
     section, _, leaf = key.rpartition(".")
     siblings = [k for k in _all_keys(cfg) if k.rpartition(".")[0] == section]
-    close = difflib.get_close_matches(leaf, [k.rpartition(".")[2] for k in siblings], n=3, cutoff=0.75)
+    close = difflib.get_close_matches(
+        leaf, [k.rpartition(".")[2] for k in siblings], n=3, cutoff=0.75
+    )
     if close:
-        hint = "Did you mean " + " or ".join(f"{section}.{c}" if section else c for c in close) + "?"
+        hint = (
+            "Did you mean " + " or ".join(f"{section}.{c}" if section else c for c in close) + "?"
+        )
     else:
         hint = f"Keys under {section or 'the root'}: {', '.join(siblings[:40])}."
     return KeyError(f"Unknown config key {key}. {hint}")

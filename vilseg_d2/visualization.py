@@ -26,7 +26,9 @@ def cluster_panel(rgb: np.ndarray, clusters: np.ndarray) -> np.ndarray:
     vis = Visualizer(rgb, None)
     for cluster in np.unique(clusters):
         # area_threshold=0: every component, however small (names would only cover the map).
-        vis.draw_binary_mask(clusters == cluster, color=colors[cluster % len(colors)], alpha=0.8, area_threshold=0)
+        vis.draw_binary_mask(
+            clusters == cluster, color=colors[cluster % len(colors)], alpha=0.8, area_threshold=0
+        )
     return vis.get_output().get_image()
 
 
@@ -62,7 +64,9 @@ def segmentation_panels(
     image = up(rgb)
     maps = [m for m in (truth, labels) if m is not None]
     overlays = [
-        Visualizer(image, metadata, instance_mode=ColorMode.SEGMENTATION).draw_sem_seg(up(m), alpha=0.6).get_image()
+        Visualizer(image, metadata, instance_mode=ColorMode.SEGMENTATION)
+        .draw_sem_seg(up(m), alpha=0.6)
+        .get_image()
         for m in maps
     ]
     return np.concatenate([image, *overlays, cluster_panel(image, up(clusters))], axis=1)

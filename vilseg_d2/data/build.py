@@ -59,7 +59,9 @@ def _manifest_source(name: str, meta, *, seed: int, max_skip_fraction: float, mi
         )
     if not contents.records:
         raise ValueError(f"Caption dataset '{name}': no usable line in {meta.manifest}.")
-    check_image_files(name, contents.records, contents.image_root, meta.manifest, origin=meta.get("origin", ""))
+    check_image_files(
+        name, contents.records, contents.image_root, meta.manifest, origin=meta.get("origin", "")
+    )
     return MapStyleCaptionSource(contents.records, seed=seed, description=meta.manifest)
 
 
@@ -93,7 +95,9 @@ def _shard_source(name: str, meta, *, seed: int, shuffle_buffer: int, max_skip_f
             f"process needs at least one. Re-shard the data into more, smaller shards "
             f"(img2dataset --number_sample_per_shard)."
         )
-    return ShardCaptionSource(shards, seed=seed, shuffle_buffer=shuffle_buffer, description=description)
+    return ShardCaptionSource(
+        shards, seed=seed, shuffle_buffer=shuffle_buffer, description=description
+    )
 
 
 def build_caption_source(
@@ -127,19 +131,29 @@ def build_caption_source(
     if kind == "coco":
         require_file(name, meta.coco_json, meta.get("missing_hint", "see datasets/README.md"))
         records = read_coco_captions(meta.coco_json, meta.image_root)
-        check_image_files(name, records, meta.image_root, meta.coco_json, origin=meta.get("origin", ""))
+        check_image_files(
+            name, records, meta.image_root, meta.coco_json, origin=meta.get("origin", "")
+        )
         source = MapStyleCaptionSource(records, seed=seed, description=meta.coco_json)
         return source, float(source.num_records)
     if kind == "shards":
         source = _shard_source(
-            name, meta, seed=seed, shuffle_buffer=shuffle_buffer, max_skip_fraction=max_skip_fraction
+            name,
+            meta,
+            seed=seed,
+            shuffle_buffer=shuffle_buffer,
+            max_skip_fraction=max_skip_fraction,
         )
         weight = meta.get("num_samples") or _DEFAULT_SAMPLES_PER_SHARD * len(source.shards)
         return source, float(weight)
     if kind is not None:
         raise ValueError(f"Caption dataset '{name}': unknown caption_source_type {kind!r}.")
     if name not in DatasetCatalog.list():
-        captions = [n for n in sorted(DatasetCatalog.list()) if MetadataCatalog.get(n).get("caption_source_type")]
+        captions = [
+            n
+            for n in sorted(DatasetCatalog.list())
+            if MetadataCatalog.get(n).get("caption_source_type")
+        ]
         raise CaptionDatasetNotRegisteredError(
             f"Caption dataset '{name}' is not registered in this process. Caption datasets: "
             f"{', '.join(captions)}. Register yours on the command line, e.g. "
@@ -148,7 +162,12 @@ def build_caption_source(
             f"another script does not reach tools/train_net.py."
         )
     records = DatasetCatalog.get(name)
-    if not records or not isinstance(records[0], dict) or "caption" not in records[0] and "captions" not in records[0]:
+    if (
+        not records
+        or not isinstance(records[0], dict)
+        or "caption" not in records[0]
+        and "captions" not in records[0]
+    ):
         raise ValueError(
             f"Dataset '{name}' is not a caption dataset (its records have no 'caption'); "
             f"DATASETS.TRAIN must name caption datasets such as synthetic_captions_train."
@@ -200,8 +219,7 @@ def build_caption_train_loader(cfg, mapper: Callable[[dict], dict] | None = None
     if len(sources) > 1:
         total = sum(w for _, _, w in sources)
         logger.info(
-            "Mixing caption datasets: "
-            + ", ".join(f"{n} ({w / total:.1%})" for n, _, w in sources)
+            "Mixing caption datasets: " + ", ".join(f"{n} ({w / total:.1%})" for n, _, w in sources)
         )
     batch_size = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
     dataset = CaptionTrainStream(

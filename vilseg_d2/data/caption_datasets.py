@@ -145,7 +145,10 @@ def read_caption_manifest(
                 values = line.split("\t")
                 if len(values) != len(columns):
                     out.bad_lines.append(
-                        (lineno, f"{len(values)} tab-separated fields, the header has {len(columns)}")
+                        (
+                            lineno,
+                            f"{len(values)} tab-separated fields, the header has {len(columns)}",
+                        )
                     )
                     continue
                 obj = dict(zip(columns, values))
@@ -164,12 +167,15 @@ def read_caption_manifest(
             f"(lines {', '.join(str(n) for n, _ in out.bad_lines[:20])}"
             f"{', ...' if len(out.bad_lines) > 20 else ''})."
         )
-    logger.info(f"Read {len(out.records)} image-caption records from {path} (image_root {image_root}).")
+    logger.info(
+        f"Read {len(out.records)} image-caption records from {path} (image_root {image_root})."
+    )
     return out
 
 
 def _fix_for_missing_images(raw: str, image_root: str, listing: str) -> str:
-    """What to change when the image ``raw`` (as written in ``listing``) is not under ``image_root``."""
+    """What to change when the image ``raw`` (as written in ``listing``) is not under
+    ``image_root``."""
     if os.path.isabs(raw):
         return (
             f"The path in {listing} is absolute, so image_root is not used: the images are not at "
@@ -235,14 +241,16 @@ def check_image_files(
         return
     if len(missing) < len(paths):
         logger.warning(
-            f"Caption dataset '{dataset_name}': {len(missing)} of the first {len(paths)} image files "
-            f"listed in {listing} are missing (first: {missing[0]}); such records are skipped and "
-            f"counted during training."
+            f"Caption dataset '{dataset_name}': {len(missing)} of the first {len(paths)} image "
+            f"files listed in {listing} are missing (first: {missing[0]}); such records are "
+            f"skipped and counted during training."
         )
         return
     prefix = os.path.join(image_root, "")
-    raw = missing[0][len(prefix):] if missing[0].startswith(prefix) else missing[0]
-    joined = f"'{raw}' joined to image_root {image_root}" if raw != missing[0] else "an absolute path"
+    raw = missing[0][len(prefix) :] if missing[0].startswith(prefix) else missing[0]
+    joined = (
+        f"'{raw}' joined to image_root {image_root}" if raw != missing[0] else "an absolute path"
+    )
     raise FileNotFoundError(
         f"Caption dataset '{dataset_name}': none of the first {len(paths)} image files listed in "
         f"{listing} exist, e.g. {missing[0]} ({joined}). "
@@ -287,7 +295,8 @@ def read_coco_captions(json_file: str, image_root: str) -> list[dict]:
     num_without = len(data["images"]) - len(records)
     logger.info(
         f"Read {len(records)} images with {sum(len(r['captions']) for r in records)} captions "
-        f"from {json_file}" + (f" ({num_without} images without captions left out)." if num_without else ".")
+        f"from {json_file}"
+        + (f" ({num_without} images without captions left out)." if num_without else ".")
     )
     return records
 

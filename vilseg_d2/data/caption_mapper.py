@@ -117,16 +117,22 @@ class ViLSegCaptionDatasetMapper:
         self.local_crop = RandomResizedCrop(self.local_size, scale=tuple(local_scale))
         self.color = RandomColorAffine(color_mul, color_add)
         self.flip = T.RandomFlip(prob=flip_prob, horizontal=True, vertical=False)
-        self.local_color = _recolouring(local_color_mul, local_color_add, local_grayscale_prob, image_format)
-        self.global_color = _recolouring(global_color_mul, global_color_add, global_grayscale_prob, image_format)
+        self.local_color = _recolouring(
+            local_color_mul, local_color_add, local_grayscale_prob, image_format
+        )
+        self.global_color = _recolouring(
+            global_color_mul, global_color_add, global_grayscale_prob, image_format
+        )
         # Decode large JPEGs at a reduced scale that still covers the global crop at full
         # resolution (the crop covers >= sqrt(min scale) of the side).
         self._decode_min_size = int(np.ceil(self.global_size / np.sqrt(min(global_scale))))
         logger.info(
             f"ViLSegCaptionDatasetMapper: global {self.global_size}px scale {tuple(global_scale)}, "
             f"{self.num_local_crops} local {self.local_size}px scale {tuple(local_scale)}, "
-            f"local colour mul ±{local_color_mul}, add ±{local_color_add}, grayscale p={local_grayscale_prob}; "
-            f"global colour mul ±{global_color_mul}, add ±{global_color_add}, grayscale p={global_grayscale_prob}; "
+            f"local colour mul ±{local_color_mul}, add ±{local_color_add}, "
+            f"grayscale p={local_grayscale_prob}; "
+            f"global colour mul ±{global_color_mul}, add ±{global_color_add}, "
+            f"grayscale p={global_grayscale_prob}; "
             f"g(x): mul ±{color_mul}, add ±{color_add}, flip p={flip_prob}; {image_format}"
         )
 
@@ -220,8 +226,12 @@ class ViLSegCaptionDatasetMapper:
         return sample
 
 
-def _recolouring(mul: float, add: float, grayscale_prob: float, image_format: str) -> Optional[T.AugmentationList]:
+def _recolouring(
+    mul: float, add: float, grayscale_prob: float, image_format: str
+) -> Optional[T.AugmentationList]:
     """A per-channel colour change then random grayscale; None when all three are 0."""
     if mul <= 0 and add <= 0 and grayscale_prob <= 0:
         return None
-    return T.AugmentationList([RandomColorAffine(mul, add), RandomGrayscale(grayscale_prob, image_format)])
+    return T.AugmentationList(
+        [RandomColorAffine(mul, add), RandomGrayscale(grayscale_prob, image_format)]
+    )

@@ -81,7 +81,12 @@ class MapStyleCaptionSource:
         self._sampler = TrainingSampler(len(records), shuffle=True, seed=seed)
 
     def iter_records(
-        self, tracker: SkipTracker, *, reader: int | None = None, num_readers: int | None = None, start: int = 0
+        self,
+        tracker: SkipTracker,
+        *,
+        reader: int | None = None,
+        num_readers: int | None = None,
+        start: int = 0,
     ) -> Iterator[dict]:
         """Infinite stream of this rank's records read by one DataLoader worker.
 
@@ -96,7 +101,9 @@ class MapStyleCaptionSource:
         """
         if reader is None or num_readers is None:
             reader, num_readers = worker_info()
-        indices = itertools.islice(iter(self._sampler), reader + num_readers * start, None, num_readers)
+        indices = itertools.islice(
+            iter(self._sampler), reader + num_readers * start, None, num_readers
+        )
         for index in indices:
             yield self._dataset[index]
 
@@ -179,7 +186,9 @@ class ShardCaptionSource:
             for shard in src:
                 url = shard["url"]
                 if is_local_path(url) and os.path.isfile(url) and not tar_looks_complete(url):
-                    tracker.shard_failed(url, "truncated tar file: the samples after the cut are lost")
+                    tracker.shard_failed(
+                        url, "truncated tar file: the samples after the cut are lost"
+                    )
                 yield shard
 
         return stage
@@ -210,7 +219,12 @@ class ShardCaptionSource:
             yield shard_sample_to_record(sample)
 
     def iter_records(
-        self, tracker: SkipTracker, *, reader: int | None = None, num_readers: int | None = None, start: int = 0
+        self,
+        tracker: SkipTracker,
+        *,
+        reader: int | None = None,
+        num_readers: int | None = None,
+        start: int = 0,
     ) -> Iterator[dict]:
         """Infinite stream: epoch after epoch, each with a new shard order.
 
@@ -350,7 +364,11 @@ class CaptionTrainStream(torchdata.IterableDataset):
         """(reader, number of readers, samples the reader delivered before ``start_iter``)."""
         worker, num_workers = worker_info()
         reader = (worker + self.start_iter) % num_workers
-        return reader, num_workers, len(range(reader, self.start_iter, num_workers)) * self.batch_size
+        return (
+            reader,
+            num_workers,
+            len(range(reader, self.start_iter, num_workers)) * self.batch_size,
+        )
 
     def _mapped(
         self, index: int, source, tracker: SkipTracker, reader: int, num_readers: int, start: int
@@ -373,7 +391,10 @@ class CaptionTrainStream(torchdata.IterableDataset):
         reader, num_readers, skip = self._reader()
         context = f"rank {self.rank}/{self.world_size}, worker {worker}/{num_workers}"
         if skip:
-            logger.info(f"Caption stream ({context}) resumes at iteration {self.start_iter}: skipping {skip} samples.")
+            logger.info(
+                f"Caption stream ({context}) resumes at iteration {self.start_iter}: "
+                f"skipping {skip} samples."
+            )
         weights = np.asarray([float(w) for _, _, w in self.sources])
         cdf = np.cumsum(weights / weights.sum())
         rng = np.random.default_rng([self.seed, self.rank, reader])  # mixing of several datasets

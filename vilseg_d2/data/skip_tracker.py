@@ -110,8 +110,9 @@ class SkipTracker:
         if self.num_skipped == 1:  # the first: say what happens to the others
             msg += (
                 f". Unreadable records are skipped (the first {_NUM_SKIPS_LOGGED_INDIVIDUALLY} "
-                f"logged one by one); the run stops when more than {self.max_skip_fraction * 100:g}% "
-                f"of {self.min_records} or more records are skipped (DATALOADER.MAX_SKIP_FRACTION, "
+                f"logged one by one); the run stops when more than "
+                f"{self.max_skip_fraction * 100:g}% of {self.min_records} or more records are "
+                f"skipped (DATALOADER.MAX_SKIP_FRACTION, "
                 f"DATALOADER.MIN_RECORDS_FOR_SKIP_CHECK)."
             )
         if self.num_skipped <= _NUM_SKIPS_LOGGED_INDIVIDUALLY:

@@ -148,6 +148,10 @@ def _star() -> np.ndarray:
 
 
 _A = 0.3  # half-width of the cross's arms
+_CROSS = np.array(
+    [[-_A, -1], [_A, -1], [_A, -_A], [1, -_A], [1, _A], [_A, _A],
+     [_A, 1], [-_A, 1], [-_A, _A], [-1, _A], [-1, -_A], [-_A, -_A]]
+)  # fmt: skip
 # Each shape: (outer outline, holes), in units where the span is 2 (from -1 to 1).
 _SHAPES = {
     "circle": (_regular_polygon(64), []),
@@ -155,13 +159,7 @@ _SHAPES = {
     "triangle": (_regular_polygon(3) + np.array([0.0, 0.25]), []),
     "star": (_star(), []),
     "hexagon": (_regular_polygon(6, phase=0.0), []),
-    "cross": (
-        np.array(
-            [[-_A, -1], [_A, -1], [_A, -_A], [1, -_A], [1, _A], [_A, _A],
-             [_A, 1], [-_A, 1], [-_A, _A], [-1, _A], [-1, -_A], [-_A, -_A]]
-        ),  # fmt: skip
-        [],
-    ),
+    "cross": (_CROSS, []),
     "ring": (_regular_polygon(64), [_regular_polygon(64, 0.55)]),
     "heart": (_heart(), []),
 }
@@ -327,7 +325,9 @@ def _render_chunk(args) -> list[dict]:
         if split == 0:
             rel = f"train/{name}.jpg"
             cv2.imwrite(os.path.join(out_dir, rel), bgr, [cv2.IMWRITE_JPEG_QUALITY, 95])
-            lines.append({"file_name": rel, "caption": s.caption, "objects": _objects_json(s.objects)})
+            lines.append(
+                {"file_name": rel, "caption": s.caption, "objects": _objects_json(s.objects)}
+            )
         else:
             rel, rel_mask = f"val/images/{name}.png", f"val/masks/{name}.png"
             cv2.imwrite(os.path.join(out_dir, rel), bgr)

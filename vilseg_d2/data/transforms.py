@@ -88,7 +88,9 @@ class RandomResizedCrop(Augmentation):
         if isinstance(size, int):
             size = (size, size)
         if not (0.0 < scale[0] <= scale[1] <= 1.0):
-            raise ValueError(f"RandomResizedCrop scale must satisfy 0 < min <= max <= 1, got {scale}")
+            raise ValueError(
+                f"RandomResizedCrop scale must satisfy 0 < min <= max <= 1, got {scale}"
+            )
         if not (0.0 < ratio[0] <= ratio[1]):
             raise ValueError(f"RandomResizedCrop ratio must satisfy 0 < min <= max, got {ratio}")
         self._init(locals())

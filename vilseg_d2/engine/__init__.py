@@ -1,4 +1,5 @@
-"""Training: the trainer, the autocast training step, the optimizer, the checkpointer, the predictor."""
+"""Training: the trainer, the autocast training step, the optimizer, the checkpointer, the
+predictor."""
 
 from .checkpoint import ViLSegCheckpointer, load_eval_weights
 from .optimizer import build_vilseg_optimizer

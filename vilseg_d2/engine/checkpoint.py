@@ -7,7 +7,7 @@ import pickle
 import re
 import zipfile
 from collections.abc import Mapping
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -92,11 +92,12 @@ class ViLSegCheckpointer(DetectionCheckpointer):
         if expected and all(k in missing for k in expected):
             where = getattr(self, "_loading", None) or "the checkpoint"
             raise ValueError(
-                f"None of the {len(given)} tensors of {where} fits this {type(self.model).__name__} "
-                f"(it has e.g. {given[:3]}; the model expects e.g. {expected[:3]}): it is a "
-                f"checkpoint of another architecture. Give MODEL.WEIGHTS a checkpoint written by this "
-                f"project's trainer (model_*.pth); pretrained open_clip towers go to "
-                f"MODEL.OPEN_CLIP.PRETRAINED."
+                f"None of the {len(given)} tensors of {where} fits this "
+                f"{type(self.model).__name__} (it has e.g. {given[:3]}; the model expects e.g. "
+                f"{expected[:3]}): it is a "
+                "checkpoint of another architecture. Give MODEL.WEIGHTS a checkpoint written by "
+                "this project's trainer (model_*.pth); pretrained open_clip towers go to "
+                "MODEL.OPEN_CLIP.PRETRAINED."
             )
         return incompatible
 
@@ -125,10 +126,10 @@ def load_eval_weights(cfg, model: torch.nn.Module, *, resume: bool = False) -> N
     name, pretrained = cfg.MODEL.OPEN_CLIP.MODEL_NAME, cfg.MODEL.OPEN_CLIP.PRETRAINED
     if not pretrained:
         raise ValueError(
-            'Nothing to evaluate: MODEL.WEIGHTS is empty and MODEL.OPEN_CLIP.PRETRAINED is "" (random '
-            "init), so the model would be evaluated at its random initialisation. Pass MODEL.WEIGHTS "
-            "/path/to/model_final.pth, or MODEL.OPEN_CLIP.PRETRAINED openai (or a local open_clip "
-            "checkpoint) to evaluate pretrained CLIP as configs/baselines/ do."
+            'Nothing to evaluate: MODEL.WEIGHTS is empty and MODEL.OPEN_CLIP.PRETRAINED is "" '
+            "(random init), so the model would be evaluated at its random initialisation. Pass "
+            "MODEL.WEIGHTS /path/to/model_final.pth, or MODEL.OPEN_CLIP.PRETRAINED openai (or a "
+            "local open_clip checkpoint) to evaluate pretrained CLIP as configs/baselines/ do."
         )
     logger.info(
         f"MODEL.WEIGHTS is empty: evaluating the open_clip towers {name} / {pretrained} as built "
@@ -137,6 +138,7 @@ def load_eval_weights(cfg, model: torch.nn.Module, *, resume: bool = False) -> N
     if cfg.MODEL.VILSEG.INFERENCE_MODE == "online":
         logger.warning(
             "INFERENCE_MODE 'online' without MODEL.WEIGHTS: the clustering head is at its random "
-            "initialisation, so the regions come from a random linear map of the pretrained embeddings. "
-            "Use INFERENCE_MODE 'dense' (the CLIP + Seg baseline) or 'kmeans' for pretrained towers alone."
+            "initialisation, so the regions come from a random linear map of the pretrained "
+            "embeddings. Use INFERENCE_MODE 'dense' (the CLIP + Seg baseline) or 'kmeans' for "
+            "pretrained towers alone."
         )

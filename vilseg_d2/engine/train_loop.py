@@ -20,8 +20,8 @@ def check_losses_finite(loss_dict: dict, iteration: int) -> None:
         if not math.isfinite(v):
             raise FloatingPointError(
                 f"{name} became {v} at iteration {iteration} (all losses: "
-                f"{ {k: float(x.detach()) for k, x in loss_dict.items()} }). Lower SOLVER.BASE_LR, enable "
-                f"SOLVER.CLIP_GRADIENTS, or check the data."
+                f"{ {k: float(x.detach()) for k, x in loss_dict.items()} }). "
+                f"Lower SOLVER.BASE_LR, enable SOLVER.CLIP_GRADIENTS, or check the data."
             )
 
 

@@ -5,12 +5,18 @@ import os
 import open_clip
 
 # Ship small open_clip architectures (e.g. "ViLSeg-Tiny") next to open_clip's own.
-open_clip.add_model_config(os.path.join(os.path.dirname(os.path.dirname(__file__)), "model_configs"))
+open_clip.add_model_config(
+    os.path.join(os.path.dirname(os.path.dirname(__file__)), "model_configs")
+)
 
 from .backbone import D2OpenCLIPViT, D2OpenCLIPViTPyramid  # noqa: E402
 from .clustering_head import ViLSegClusteringHead  # noqa: E402
 from .criterion import ViLSegCriterion  # noqa: E402
-from .losses import cross_modal_contrastive_loss, mutual_information_loss, self_distillation_loss  # noqa: E402
+from .losses import (  # noqa: E402
+    cross_modal_contrastive_loss,
+    mutual_information_loss,
+    self_distillation_loss,
+)
 from .mask_refinement import local_affinity, refine_masks  # noqa: E402
 from .meta_arch import ViLSeg  # noqa: E402
 from .projection_head import ViLSegProjectionHead  # noqa: E402

@@ -26,7 +26,9 @@ __all__ = ["ViLSegCriterion", "gather_embeddings", "current_storage", "CLUSTER_J
 CLUSTER_JOINTS = ("global", "batch", "image")
 
 
-def gather_embeddings(image_emb: torch.Tensor, text_emb: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def gather_embeddings(
+    image_emb: torch.Tensor, text_emb: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """All processes' embeddings, with gradients (the global batch's negatives), as open_clip.
 
     Args:
@@ -40,12 +42,18 @@ def gather_embeddings(image_emb: torch.Tensor, text_emb: torch.Tensor) -> Tuple[
     if world == 1:
         return image_emb, text_emb
     return gather_features(
-        image_emb, text_emb, local_loss=False, gather_with_grad=True, rank=comm.get_rank(), world_size=world
+        image_emb,
+        text_emb,
+        local_loss=False,
+        gather_with_grad=True,
+        rank=comm.get_rank(),
+        world_size=world,
     )
 
 
 class ViLSegCriterion(nn.Module):
-    """ViL-Seg's objectives (paper eq. 1): ``L = w_vision L_vision + w_cross L_cross + w_cluster L_cluster``.
+    """ViL-Seg's objectives (paper eq. 1):
+    ``L = w_vision L_vision + w_cross L_cross + w_cluster L_cluster``.
 
     It owns what the objectives need besides the model's outputs, as Mask2Former's
     ``SetCriterion`` does: the loss weights (``weight_dict``), DINO's teacher center and
@@ -101,13 +109,19 @@ class ViLSegCriterion(nn.Module):
         super().__init__()
         expected = {"loss_vision", "loss_cross", "loss_cluster"}
         if set(weight_dict) != expected:
-            raise ValueError(f"weight_dict must have the keys {sorted(expected)}, got {sorted(weight_dict)}.")
+            raise ValueError(
+                f"weight_dict must have the keys {sorted(expected)}, got {sorted(weight_dict)}."
+            )
         if cluster_joint not in CLUSTER_JOINTS:
-            raise ValueError(f"MODEL.VILSEG.CLUSTER_JOINT must be one of {CLUSTER_JOINTS}, got {cluster_joint!r}.")
+            raise ValueError(
+                f"MODEL.VILSEG.CLUSTER_JOINT must be one of {CLUSTER_JOINTS}, "
+                f"got {cluster_joint!r}."
+            )
         start, end = (int(i) for i in aux_warmup_iters)
         if not 0 <= start <= end:
             raise ValueError(
-                f"MODEL.VILSEG.AUX_WARMUP_ITERS must be (start, end) with 0 <= start <= end, got {aux_warmup_iters}."
+                "MODEL.VILSEG.AUX_WARMUP_ITERS must be (start, end) with 0 <= start <= end, "
+                f"got {aux_warmup_iters}."
             )
         self.weight_dict = {k: float(v) for k, v in weight_dict.items()}
         self.student_temp = student_temp
@@ -123,7 +137,11 @@ class ViLSegCriterion(nn.Module):
     def from_config(cls, cfg):
         v = cfg.MODEL.VILSEG
         return {
-            "weight_dict": {"loss_vision": v.VISION_WEIGHT, "loss_cross": v.CROSS_WEIGHT, "loss_cluster": v.CLUSTER_WEIGHT},
+            "weight_dict": {
+                "loss_vision": v.VISION_WEIGHT,
+                "loss_cross": v.CROSS_WEIGHT,
+                "loss_cluster": v.CLUSTER_WEIGHT,
+            },
             "proj_dim": v.PROJ_DIM,
             "student_temp": v.STUDENT_TEMP,
             "teacher_temp": v.TEACHER_TEMP,
@@ -144,7 +162,8 @@ class ViLSegCriterion(nn.Module):
         return self.warmup_teacher_temp + frac * (self.teacher_temp - self.warmup_teacher_temp)
 
     def aux_factor(self, iteration: int) -> float:
-        """The share of w_vision and w_cluster in force at ``iteration`` (see ``aux_warmup_iters``)."""
+        """The share of w_vision and w_cluster in force at ``iteration`` (see
+        ``aux_warmup_iters``)."""
         start, end = self.aux_warmup_iters
         if iteration >= end:
             return 1.0
@@ -163,8 +182,16 @@ class ViLSegCriterion(nn.Module):
     def forward(self, outputs: Dict[str, torch.Tensor], iteration: int) -> Dict[str, torch.Tensor]:
         """The weighted objectives in force at ``iteration``; see the class docstring."""
         weights = self.weights(iteration)
-        compute = {"loss_cross": self.loss_cross, "loss_vision": self.loss_vision, "loss_cluster": self.loss_cluster}
-        losses = {name: weights[name] * compute[name](outputs, iteration) for name in compute if name in weights}
+        compute = {
+            "loss_cross": self.loss_cross,
+            "loss_vision": self.loss_vision,
+            "loss_cluster": self.loss_cluster,
+        }
+        losses = {
+            name: weights[name] * compute[name](outputs, iteration)
+            for name in compute
+            if name in weights
+        }
         self._log(iteration)
         return losses
 
@@ -176,7 +203,13 @@ class ViLSegCriterion(nn.Module):
     def loss_vision(self, outputs: Dict[str, torch.Tensor], iteration: int) -> torch.Tensor:
         """L_vision with the current center, which then moves towards this batch's teacher mean."""
         teacher = outputs["teacher"]
-        args = (outputs["student"], teacher, self.center, self.student_temp, self.teacher_temperature(iteration))
+        args = (
+            outputs["student"],
+            teacher,
+            self.center,
+            self.student_temp,
+            self.teacher_temperature(iteration),
+        )
         loss = self_distillation_loss(*args)
         storage = current_storage()
         if storage is not None:  # what DINO watches for collapse (before the center moves)
@@ -189,10 +222,15 @@ class ViLSegCriterion(nn.Module):
         """L_cluster with J over the pixels ``cluster_joint`` names."""
         p, p_tf = outputs["clusters"], outputs["clusters_tf"]  # B x C x h x w
         if p.shape != p_tf.shape or p.dim() != 4:
-            raise ValueError(f"clusters and clusters_tf must both be B x C x h x w; got {tuple(p.shape)}, {tuple(p_tf.shape)}.")
+            raise ValueError(
+                "clusters and clusters_tf must both be B x C x h x w; "
+                f"got {tuple(p.shape)}, {tuple(p_tf.shape)}."
+            )
         batch, num_clusters = p.shape[:2]
         shape = (batch, -1, num_clusters) if self.cluster_joint == "image" else (-1, num_clusters)
-        joint = joint_distribution(p.permute(0, 2, 3, 1).reshape(shape), p_tf.permute(0, 2, 3, 1).reshape(shape))
+        joint = joint_distribution(
+            p.permute(0, 2, 3, 1).reshape(shape), p_tf.permute(0, 2, 3, 1).reshape(shape)
+        )
         if self.cluster_joint == "global" and comm.get_world_size() > 1:
             # Autograd-aware sum: its backward sums the processes' gradients, so each process gets
             # world_size x its pixels' share, which DDP's averaging turns into the exact gradient.
@@ -207,13 +245,17 @@ class ViLSegCriterion(nn.Module):
         if comm.get_world_size() > 1:
             dist.all_reduce(batch_sum)
             dist.all_reduce(count)
-        self.center.mul_(self.center_momentum).add_(batch_sum / count, alpha=1 - self.center_momentum)
+        self.center.mul_(self.center_momentum).add_(
+            batch_sum / count, alpha=1 - self.center_momentum
+        )
 
     def _log(self, iteration: int) -> None:
         storage = current_storage()
         if storage is None:
             return
-        storage.put_scalar("teacher_temp", self.teacher_temperature(iteration), smoothing_hint=False)
+        storage.put_scalar(
+            "teacher_temp", self.teacher_temperature(iteration), smoothing_hint=False
+        )
         storage.put_scalar("aux_weight_factor", self.aux_factor(iteration), smoothing_hint=False)
 
 

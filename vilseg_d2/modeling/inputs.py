@@ -26,8 +26,9 @@ def inference_image(image) -> torch.Tensor:
             hint = " It looks channels-last (H x W x C): pass image.permute(2, 0, 1)."
         elif image.dim() == 3 and image.shape[0] == 4:
             hint = (
-                " Remove the alpha channel first: composite it (vilseg_d2.data.image_io.decode_image "
-                "reads image files with alpha over white) or drop it (image[:3])."
+                " Remove the alpha channel first: composite it "
+                "(vilseg_d2.data.image_io.decode_image reads image files with alpha over white) "
+                "or drop it (image[:3])."
             )
         raise ValueError(
             f"'image' must be 3 x H x W (channels in INPUT.FORMAT order) or grayscale 1 x H x W / "

@@ -7,7 +7,9 @@ import torch
 __all__ = ["kmeans"]
 
 
-def kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def kmeans(
+    x: torch.Tensor, k: int, iters: int = 20, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Lloyd's K-means with k-means++ initialisation, deterministic for a seed.
 
     Args:
@@ -28,7 +30,11 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0) -> tuple[tor
     d2 = ((x - x[first]) ** 2).sum(1)
     for _ in range(1, k_eff):
         weights = d2.clamp(min=0).cpu()
-        idx = int(torch.multinomial(weights, 1, generator=gen)) if weights.sum() > 0 else int(torch.randint(n, (1,), generator=gen))
+        idx = (
+            int(torch.multinomial(weights, 1, generator=gen))
+            if weights.sum() > 0
+            else int(torch.randint(n, (1,), generator=gen))
+        )
         centroids.append(x[idx])
         d2 = torch.minimum(d2, ((x - x[idx]) ** 2).sum(1))
     c = torch.stack(centroids)

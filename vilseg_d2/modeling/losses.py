@@ -61,7 +61,9 @@ def cross_modal_contrastive_loss(
         scalar: mean of CE(image -> text) and CE(text -> image).
     """
     if image_emb.shape != text_emb.shape:
-        raise ValueError(f"image_emb {tuple(image_emb.shape)} and text_emb {tuple(text_emb.shape)} differ.")
+        raise ValueError(
+            f"image_emb {tuple(image_emb.shape)} and text_emb {tuple(text_emb.shape)} differ."
+        )
     img = F.normalize(_fp32(image_emb), dim=-1)
     txt = F.normalize(_fp32(text_emb), dim=-1)
     scale = _fp32(logit_scale) if isinstance(logit_scale, torch.Tensor) else logit_scale
@@ -92,10 +94,11 @@ def self_distillation_loss(
     """
     if student_logits.dim() != 3 or student_logits.shape[1:] != teacher_logits.shape:
         raise ValueError(
-            f"student_logits must be V x B x P and teacher_logits B x P; got {tuple(student_logits.shape)} "
-            f"and {tuple(teacher_logits.shape)}."
+            "student_logits must be V x B x P and teacher_logits B x P; "
+            f"got {tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}."
         )
-    teacher = F.softmax((_fp32(teacher_logits.detach()) - _fp32(center)) / teacher_temp, dim=-1)  # B x P
+    # B x P
+    teacher = F.softmax((_fp32(teacher_logits.detach()) - _fp32(center)) / teacher_temp, dim=-1)
     log_student = F.log_softmax(_fp32(student_logits) / student_temp, dim=-1)  # V x B x P
     return -(teacher.unsqueeze(0) * log_student).sum(dim=-1).mean()
 
@@ -144,14 +147,16 @@ def joint_distribution(p: torch.Tensor, p_tf: torch.Tensor) -> torch.Tensor:
 
     Args:
         p: N x C soft cluster assignments (rows sum to 1), or G x N x C (one J per group).
-        p_tf: assignments of the same pixels in the transformed view (flip undone), shaped like ``p``.
+        p_tf: assignments of the same pixels in the transformed view (flip undone), shaped like
+            ``p``.
 
     Returns:
         (G x) C x C: sum_n p_n p_tf_n^T, in fp32.
     """
     if p.shape != p_tf.shape or p.dim() not in (2, 3):
         raise ValueError(
-            f"p and p_tf must both be N x C or G x N x C; got {tuple(p.shape)} and {tuple(p_tf.shape)}."
+            "p and p_tf must both be N x C or G x N x C; "
+            f"got {tuple(p.shape)} and {tuple(p_tf.shape)}."
         )
     return _fp32(p).transpose(-1, -2) @ _fp32(p_tf)
 
@@ -176,7 +181,9 @@ def mutual_information(joint: torch.Tensor, eps: float = sys.float_info.epsilon)
     return -(joint * (joint.log() - p_i.log() - p_j.log())).sum(dim=(-2, -1)).mean()
 
 
-def mutual_information_loss(p: torch.Tensor, p_tf: torch.Tensor, eps: float = sys.float_info.epsilon) -> torch.Tensor:
+def mutual_information_loss(
+    p: torch.Tensor, p_tf: torch.Tensor, eps: float = sys.float_info.epsilon
+) -> torch.Tensor:
     """IIC's invariant-information loss (paper eq. 6-8), equal to IIC's reference ``IID_loss``.
 
     Args:

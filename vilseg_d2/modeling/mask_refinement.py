@@ -23,9 +23,12 @@ __all__ = ["check_dilations", "local_affinity", "refine_masks"]
 
 
 def check_dilations(dilations: Sequence[int]) -> None:
-    """Raise ``ValueError`` unless ``dilations`` is a non-empty sequence of positive pixel counts."""
+    """Raise ``ValueError`` unless ``dilations`` is a non-empty sequence of positive pixel
+    counts."""
     if not dilations or min(dilations) < 1:
-        raise ValueError(f"Refinement dilations must be positive pixel counts, got {tuple(dilations)}.")
+        raise ValueError(
+            f"Refinement dilations must be positive pixel counts, got {tuple(dilations)}."
+        )
 
 
 def _offsets(dilations: Sequence[int]) -> List[Tuple[int, int]]:
@@ -43,7 +46,9 @@ def _neighbours(x: torch.Tensor, offsets: Sequence[Tuple[int, int]]) -> List[tor
     return [padded[:, m + dy : m + dy + H, m + dx : m + dx + W] for dy, dx in offsets]
 
 
-def local_affinity(image: torch.Tensor, *, dilations: Sequence[int], sigma: float = 0.1) -> torch.Tensor:
+def local_affinity(
+    image: torch.Tensor, *, dilations: Sequence[int], sigma: float = 0.1
+) -> torch.Tensor:
     """Colour affinity of each pixel to its neighbours (the 8 around it at each dilation).
 
     The affinity logit of pixel i to neighbour j is ``-mean_c |I_ci - I_cj| / (sigma * s_ci)``,
@@ -65,7 +70,9 @@ def local_affinity(image: torch.Tensor, *, dilations: Sequence[int], sigma: floa
         ValueError: ``image`` is not C x H x W, or a dilation is not a positive pixel count.
     """
     if image.dim() != 3:
-        raise ValueError(f"local_affinity expects a C x H x W image, got shape {tuple(image.shape)}.")
+        raise ValueError(
+            f"local_affinity expects a C x H x W image, got shape {tuple(image.shape)}."
+        )
     image = image.float()
     neighbours = _neighbours(image, _offsets(dilations))
     n = len(neighbours)
@@ -113,13 +120,14 @@ def refine_masks(
         raise ValueError(f"Refinement iterations must be >= 0, got {iterations}.")
     if masks.dim() != 3 or masks.shape[-2:] != image.shape[-2:]:
         raise ValueError(
-            f"refine_masks expects K x H x W masks of the image's size {tuple(image.shape[-2:])}, got {tuple(masks.shape)}."
+            "refine_masks expects K x H x W masks of the image's size "
+            f"{tuple(image.shape[-2:])}, got {tuple(masks.shape)}."
         )
     offsets = _offsets(dilations)
     if affinity is not None and tuple(affinity.shape) != (len(offsets), *masks.shape[1:]):
         raise ValueError(
-            f"refine_masks expects an affinity of shape {(len(offsets), *masks.shape[1:])} (8 neighbours per "
-            f"dilation, the masks' size), got {tuple(affinity.shape)}."
+            f"refine_masks expects an affinity of shape {(len(offsets), *masks.shape[1:])} "
+            f"(8 neighbours per dilation, the masks' size), got {tuple(affinity.shape)}."
         )
     labels = masks.argmax(0)  # H x W
     present = labels.unique()  # P

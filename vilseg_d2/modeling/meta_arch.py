@@ -1,5 +1,7 @@
 """``ViLSeg``: the meta-architecture of the paper. Training: image -> views -> backbone -> heads ->
-objectives (:class:`ViLSegCriterion`); inference: image -> backbone -> segments (:class:`ViLSegSegmenter`)."""
+objectives (:class:`ViLSegCriterion`); inference: image -> backbone -> segments
+(:class:`ViLSegSegmenter`).
+"""
 
 from __future__ import annotations
 
@@ -22,15 +24,19 @@ from .text_encoder import ViLSegTextEncoder
 
 __all__ = ["ViLSeg", "BACKGROUND"]
 
-# The class the background rules assign (MODEL.VILSEG.BG_THRESHOLD, BG_GLOBAL_SIMILARITY): a class of
-# the vocabulary with this name, wherever it stands; the other classes are matched by their text.
+# The class the background rules assign (MODEL.VILSEG.BG_THRESHOLD, BG_GLOBAL_SIMILARITY): a class
+# of the vocabulary with this name, wherever it stands; the other classes are matched by their
+# text.
 BACKGROUND = "background"
 
 
 def _segmenter_setting(name: str, doc: str) -> property:
     """A model attribute that reads and sets the segmenter's setting ``name``."""
-    return property(lambda self: getattr(self.segmenter, name), lambda self, value: setattr(self.segmenter, name, value),
-                    doc=doc)  # fmt: skip
+    return property(
+        lambda self: getattr(self.segmenter, name),
+        lambda self, value: setattr(self.segmenter, name, value),
+        doc=doc,
+    )
 
 
 @META_ARCH_REGISTRY.register()
@@ -60,8 +66,12 @@ class ViLSeg(nn.Module):
 
     inference_mode = _segmenter_setting("mode", '"online", "kmeans" or "dense".')
     bg_threshold = _segmenter_setting("bg_threshold", "See :class:`ViLSegSegmenter`.")
-    bg_global_similarity = _segmenter_setting("bg_global_similarity", "See :class:`ViLSegSegmenter`.")
-    sliding_window_size = _segmenter_setting("window_size", "Sliding-window side (0: whole images).")
+    bg_global_similarity = _segmenter_setting(
+        "bg_global_similarity", "See :class:`ViLSegSegmenter`."
+    )
+    sliding_window_size = _segmenter_setting(
+        "window_size", "Sliding-window side (0: whole images)."
+    )
     sliding_window_stride = _segmenter_setting("window_stride", "Sliding-window stride.")
     refine_iters = _segmenter_setting("refine_iters", "Mask refinement steps (0: none).")
     refine_dilations = _segmenter_setting("refine_dilations", "Mask refinement dilations.")
@@ -106,7 +116,9 @@ class ViLSeg(nn.Module):
         """
         super().__init__()
         if global_pool not in ("mean", "cls"):
-            raise ValueError(f"MODEL.VILSEG.GLOBAL_POOL must be 'mean' or 'cls', got {global_pool!r}.")
+            raise ValueError(
+                f"MODEL.VILSEG.GLOBAL_POOL must be 'mean' or 'cls', got {global_pool!r}."
+            )
         self.backbone = backbone
         self.text_encoder = text_encoder
         self.clustering_head = clustering_head
@@ -124,8 +136,15 @@ class ViLSeg(nn.Module):
         # An ablated branch's parameters get no gradient: freeze them (DDP needs every trainable
         # parameter to receive one).
         weights = criterion.weight_dict
-        unused = [part for part, key in ((projection_head, "loss_vision"), (clustering_head, "loss_cluster"),
-                                         (text_encoder, "loss_cross")) if weights[key] == 0]  # fmt: skip
+        unused = [
+            part
+            for part, key in (
+                (projection_head, "loss_vision"),
+                (clustering_head, "loss_cluster"),
+                (text_encoder, "loss_cross"),
+            )
+            if weights[key] == 0
+        ]
         for p in [q for part in unused for q in part.parameters()]:
             p.requires_grad_(False)
         if weights["loss_cross"] == 0:
@@ -135,16 +154,22 @@ class ViLSeg(nn.Module):
     def from_config(cls, cfg):
         backbone = build_backbone(cfg)
         if not isinstance(backbone, D2OpenCLIPViT):
-            raise ValueError(f"ViLSeg needs MODEL.BACKBONE.NAME = 'D2OpenCLIPViT', got {cfg.MODEL.BACKBONE.NAME!r}.")
+            raise ValueError(
+                "ViLSeg needs MODEL.BACKBONE.NAME = 'D2OpenCLIPViT', "
+                f"got {cfg.MODEL.BACKBONE.NAME!r}."
+            )
         if "emb" not in backbone.output_shape():
-            raise ValueError("ViLSeg needs the backbone's 'emb' output: include it in MODEL.CLIP_VIT.OUT_FEATURES.")
+            raise ValueError(
+                "ViLSeg needs the backbone's 'emb' output: include it in "
+                "MODEL.CLIP_VIT.OUT_FEATURES."
+            )
         patch = backbone.size_divisibility
         for key in ("GLOBAL_SIZE", "LOCAL_SIZE"):
             size = cfg.INPUT.VILSEG[key]
             if size % patch:
                 raise ValueError(
-                    f"INPUT.VILSEG.{key}={size} is not a multiple of the backbone's patch size {patch}; "
-                    f"use e.g. {max(patch, round(size / patch) * patch)}."
+                    f"INPUT.VILSEG.{key}={size} is not a multiple of the backbone's patch size "
+                    f"{patch}; use e.g. {max(patch, round(size / patch) * patch)}."
                 )
         vocabulary = None
         if cfg.DATASETS.TEST:
@@ -182,7 +207,8 @@ class ViLSeg(nn.Module):
 
     @property
     def has_background(self) -> bool:
-        """Whether the background rules are on: the vocabulary's "background" class is found by them."""
+        """Whether the background rules are on: the vocabulary's "background" class is found by
+        them."""
         return self.segmenter.has_background
 
     def set_vocabulary(self, class_names: Sequence[str]) -> None:
@@ -211,7 +237,9 @@ class ViLSeg(nn.Module):
             return tokens["cls"]
         return tokens["emb"].mean(dim=(2, 3))
 
-    def losses(self, batched_inputs: List[Dict], iteration: Optional[int] = None) -> Dict[str, torch.Tensor]:
+    def losses(
+        self, batched_inputs: List[Dict], iteration: Optional[int] = None
+    ) -> Dict[str, torch.Tensor]:
         """The weighted objectives for one batch (see the class docstring for the inputs).
 
         Args:
@@ -236,9 +264,13 @@ class ViLSeg(nn.Module):
             outputs["text_emb"] = self.text_encoder([x["caption"] for x in batched_inputs])  # B x D
             outputs["logit_scale"] = self.scale()
         if "loss_vision" in weights:
-            outputs["student"], outputs["teacher"] = self._projected_views(batched_inputs, images[:batch], global_emb)
+            outputs["student"], outputs["teacher"] = self._projected_views(
+                batched_inputs, images[:batch], global_emb
+            )
         if "loss_cluster" in weights:
-            outputs["clusters"], outputs["clusters_tf"] = self._cluster_views(batched_inputs, tokens["emb"])
+            outputs["clusters"], outputs["clusters_tf"] = self._cluster_views(
+                batched_inputs, tokens["emb"]
+            )
         losses = self.criterion(outputs, iteration)
         self._log_scalars()
         return losses
@@ -256,16 +288,22 @@ class ViLSeg(nn.Module):
         num_views = len(batched_inputs[0]["local_crops"])
         if num_views == 0 or any(len(x["local_crops"]) != num_views for x in batched_inputs):
             raise ValueError("Every training input needs the same, non-zero number of local_crops.")
-        crops = [x["local_crops"][v] for v in range(num_views) for x in batched_inputs]  # view-major
+        crops = [
+            x["local_crops"][v] for v in range(num_views) for x in batched_inputs
+        ]  # view-major
         local_emb = self._global_embedding(self.backbone.forward_tokens(self._normalize(crops)))
         student = self.projection_head(local_emb).view(num_views, batch, -1)
         if self.teacher is None:
             return student, self.projection_head(global_emb).detach()
         with torch.no_grad():
-            teacher_emb = self._global_embedding(self.teacher.backbone.forward_tokens(global_images))
+            teacher_emb = self._global_embedding(
+                self.teacher.backbone.forward_tokens(global_images)
+            )
             return student, self.teacher.projection_head(teacher_emb)
 
-    def _cluster_views(self, batched_inputs: List[Dict], emb: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _cluster_views(
+        self, batched_inputs: List[Dict], emb: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Phi_c of the image and of g(image) with g's flip undone: two B x C x h x w.
 
         Args:
@@ -284,7 +322,9 @@ class ViLSeg(nn.Module):
         if storage is not None:
             storage.put_scalar("logit_scale", float(self.scale().detach()), smoothing_hint=False)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         # Version 1 (before the criterion had its own module) kept DINO's center as ``center``
         # and a step count ``num_updates`` (the trainer's iteration now drives the schedules).
         if local_metadata.get("version", 1) < 2:
@@ -293,11 +333,15 @@ class ViLSeg(nn.Module):
             state_dict.pop(prefix + "num_updates", None)
         # A checkpoint without a momentum teacher (another TEACHER, or weights to start from):
         # the teacher starts as the checkpoint's network, as DINO's starts as the student.
-        if self.teacher is not None and not any(k.startswith(prefix + "teacher.") for k in state_dict):
+        if self.teacher is not None and not any(
+            k.startswith(prefix + "teacher.") for k in state_dict
+        ):
             for part in ("backbone.", "projection_head."):
                 for key in [k for k in state_dict if k.startswith(prefix + part)]:
                     state_dict[prefix + "teacher." + key[len(prefix) :]] = state_dict[key]
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     # ------------------------------------------------------------------ inference
 
@@ -306,7 +350,9 @@ class ViLSeg(nn.Module):
         """Segment each image with its vocabulary; see the class docstring."""
         encoder = PixelEncoder(
             embed=lambda x: self.backbone.forward_tokens(x)["emb"],
-            cluster_logits=lambda emb: self.clustering_head.layers({self.clustering_head.in_feature: emb})[0],
+            cluster_logits=lambda emb: self.clustering_head.layers(
+                {self.clustering_head.in_feature: emb}
+            )[0],
             patch=self.backbone.size_divisibility,
             logit_scale=self.scale(),
         )
@@ -318,9 +364,15 @@ class ViLSeg(nn.Module):
             text = self.text_encoder.class_embeddings(named)
             image = self._normalize([inference_image(x["image"])])[0]  # 3 x H x W
             H, W = image.shape[-2:]
-            sem_seg, clusters = self.segmenter.segment(image, text, encoder, (x.get("height", H), x.get("width", W)))
-            if background:  # the segmenter puts the background first: back to the vocabulary's order
-                order = list(range(1, background + 1)) + [0] + list(range(background + 1, len(vocab)))
+            sem_seg, clusters = self.segmenter.segment(
+                image, text, encoder, (x.get("height", H), x.get("width", W))
+            )
+            if (
+                background
+            ):  # the segmenter puts the background first: back to the vocabulary's order
+                order = (
+                    list(range(1, background + 1)) + [0] + list(range(background + 1, len(vocab)))
+                )
                 sem_seg = sem_seg[order]
             results.append({"sem_seg": sem_seg, "clusters": clusters})
         return results
@@ -337,9 +389,11 @@ class ViLSeg(nn.Module):
         names = [c.strip().lower() for c in vocabulary]
         if BACKGROUND not in names:
             raise ValueError(
-                f"The background rules are on (MODEL.VILSEG.BG_THRESHOLD {self.bg_threshold}, BG_GLOBAL_SIMILARITY "
-                f"{self.bg_global_similarity}) but the vocabulary {vocabulary} names no {BACKGROUND!r} class, which "
-                f"they would assign. Add {BACKGROUND!r} to the vocabulary, or set both to 0 to match every class by text."
+                f"The background rules are on (MODEL.VILSEG.BG_THRESHOLD {self.bg_threshold}, "
+                f"BG_GLOBAL_SIMILARITY {self.bg_global_similarity}) but the vocabulary "
+                f"{vocabulary} names no {BACKGROUND!r} class, which they would assign. "
+                f"Add {BACKGROUND!r} to the vocabulary, or set both to 0 to match every class by "
+                "text."
             )
         return names.index(BACKGROUND)
 
@@ -353,8 +407,8 @@ class ViLSeg(nn.Module):
         if self.vocabulary:
             return self.vocabulary
         raise ValueError(
-            "No vocabulary: give the input a 'vocabulary' list, a 'dataset_name' with stuff_classes, "
-            "or call model.set_vocabulary([...]) / set DATASETS.TEST."
+            "No vocabulary: give the input a 'vocabulary' list, a 'dataset_name' with "
+            "stuff_classes, or call model.set_vocabulary([...]) / set DATASETS.TEST."
         )
 
 

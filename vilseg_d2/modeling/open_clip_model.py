@@ -42,13 +42,17 @@ def _cached_checkpoint(tag_cfg: dict, cache_dir: Optional[str]) -> Optional[str]
             if isinstance(path, str) and os.path.isfile(path):
                 return path
     if tag_cfg.get("url"):
-        path = os.path.join(cache_dir or os.path.expanduser("~/.cache/clip"), os.path.basename(tag_cfg["url"]))
+        path = os.path.join(
+            cache_dir or os.path.expanduser("~/.cache/clip"), os.path.basename(tag_cfg["url"])
+        )
         if os.path.isfile(path):
             return path
     return None
 
 
-def resolve_pretrained(model_name: str, pretrained: str, cache_dir: str = "") -> tuple[Optional[str], dict]:
+def resolve_pretrained(
+    model_name: str, pretrained: str, cache_dir: str = ""
+) -> tuple[Optional[str], dict]:
     """Turn ``MODEL.OPEN_CLIP.PRETRAINED`` into a local checkpoint file.
 
     Args:
@@ -71,28 +75,37 @@ def resolve_pretrained(model_name: str, pretrained: str, cache_dir: str = "") ->
     tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
     if not tag_cfg:
         if os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
-            raise FileNotFoundError(f"MODEL.OPEN_CLIP.PRETRAINED: checkpoint file {pretrained!r} does not exist.")
+            raise FileNotFoundError(
+                f"MODEL.OPEN_CLIP.PRETRAINED: checkpoint file {pretrained!r} does not exist."
+            )
         tags = open_clip.list_pretrained_tags_by_model(model_name)
         raise ValueError(
-            f"MODEL.OPEN_CLIP.PRETRAINED={pretrained!r} is neither a file nor an open_clip pretrained tag of "
-            f"{model_name!r}. Known tags: {tags or 'none'}. Use \"\" for random init or a local checkpoint path."
+            f"MODEL.OPEN_CLIP.PRETRAINED={pretrained!r} is neither a file nor an open_clip "
+            f"pretrained tag of {model_name!r}. Known tags: {tags or 'none'}. "
+            'Use "" for random init or a local checkpoint path.'
         )
     cached = _cached_checkpoint(tag_cfg, cache_dir)
     if cached:
         return cached, tag_cfg
-    host = _HF_HOST if tag_cfg.get("hf_hub") else urlparse(tag_cfg.get("url", "")).hostname or _HF_HOST
+    host = (
+        _HF_HOST if tag_cfg.get("hf_hub") else urlparse(tag_cfg.get("url", "")).hostname or _HF_HOST
+    )
     if _offline(host):
         raise RuntimeError(
-            f"Cannot download the open_clip weights {model_name}/{pretrained}: no network (or HF_HUB_OFFLINE is "
-            f"set) and they are not cached. Download them on a machine with network access (e.g. "
-            f"open_clip.create_model({model_name!r}, pretrained={pretrained!r})) and pass the file instead: "
-            f"MODEL.OPEN_CLIP.PRETRAINED /path/to/checkpoint.bin (or set MODEL.OPEN_CLIP.CACHE_DIR to the cache)."
+            f"Cannot download the open_clip weights {model_name}/{pretrained}: no network "
+            "(or HF_HUB_OFFLINE is set) and they are not cached. Download them on a machine with "
+            f"network access (e.g. open_clip.create_model({model_name!r}, "
+            f"pretrained={pretrained!r})) and pass the file instead: "
+            "MODEL.OPEN_CLIP.PRETRAINED /path/to/checkpoint.bin (or set MODEL.OPEN_CLIP.CACHE_DIR "
+            "to the cache)."
         )
     logger.info(f"Downloading open_clip weights {model_name}/{pretrained} ...")
     return open_clip.download_pretrained(tag_cfg, cache_dir=cache_dir or None), tag_cfg
 
 
-def create_open_clip_model(model_name: str, pretrained: str = "", cache_dir: str = "") -> torch.nn.Module:
+def create_open_clip_model(
+    model_name: str, pretrained: str = "", cache_dir: str = ""
+) -> torch.nn.Module:
     """Create an open_clip CLIP model on CPU, fp32, random init or with resolved weights.
 
     Args:
@@ -123,7 +136,9 @@ def create_open_clip_model(model_name: str, pretrained: str = "", cache_dir: str
     finally:
         if quiet:
             root.removeFilter(quiet)
-    logger.debug(f"open_clip {model_name}: " + (f"weights {path}" if path else "random initialisation"))
+    logger.debug(
+        f"open_clip {model_name}: " + (f"weights {path}" if path else "random initialisation")
+    )
     return model
 
 

@@ -33,13 +33,22 @@ class ViLSegProjectionHead(nn.Module):
         super().__init__()
         self.out_dim = out_dim
         self.normalize = normalize
-        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU()) if hidden_dim > 0 else nn.Identity()
+        self.mlp = (
+            nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU())
+            if hidden_dim > 0
+            else nn.Identity()
+        )
         self.last_layer = nn.Linear(hidden_dim or in_dim, out_dim, bias=not normalize)
 
     @classmethod
     def from_config(cls, cfg, in_dim: int):
         v = cfg.MODEL.VILSEG
-        return {"in_dim": in_dim, "out_dim": v.PROJ_DIM, "hidden_dim": v.PROJ_HIDDEN_DIM, "normalize": v.PROJ_NORMALIZE}
+        return {
+            "in_dim": in_dim,
+            "out_dim": v.PROJ_DIM,
+            "hidden_dim": v.PROJ_HIDDEN_DIM,
+            "normalize": v.PROJ_NORMALIZE,
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """

@@ -29,28 +29,52 @@ class ReusingSegmenter(ViLSegSegmenter):
     times, not for a whole evaluation. The weights must not change meanwhile.
     """
 
-    def __init__(self, segmenter: ViLSegSegmenter):  # noqa: D107  (no config: a copy of ``segmenter``)
+    # No docstring (D107): no config, a copy of ``segmenter``.
+    def __init__(self, segmenter: ViLSegSegmenter):  # noqa: D107
         self.__dict__.update(vars(segmenter))
         self._cache: Dict[tuple, object] = {}
 
     def _memo(self, kind: str, image: torch.Tensor, compute: Callable[[], T], key: tuple) -> T:
-        content = hashlib.blake2b(image.detach().float().cpu().contiguous().numpy().tobytes(), digest_size=16)
+        content = hashlib.blake2b(
+            image.detach().float().cpu().contiguous().numpy().tobytes(), digest_size=16
+        )
         full_key = (kind, tuple(image.shape), content.digest(), str(image.device),
                     torch.is_autocast_enabled(image.device.type), *key)  # fmt: skip
         if full_key not in self._cache:
             self._cache[full_key] = compute()
         return self._cache[full_key]
 
-    def image_regions(self, image: torch.Tensor, encoder: PixelEncoder, output_size: Tuple[int, int]) -> ImageRegions:
-        key = (self.mode, self.num_clusters, self.kmeans_iters, self.kmeans_seed, tuple(output_size))
-        return self._memo("regions", image, lambda: super(ReusingSegmenter, self).image_regions(image, encoder, output_size), key)
+    def image_regions(
+        self, image: torch.Tensor, encoder: PixelEncoder, output_size: Tuple[int, int]
+    ) -> ImageRegions:
+        key = (
+            self.mode,
+            self.num_clusters,
+            self.kmeans_iters,
+            self.kmeans_seed,
+            tuple(output_size),
+        )
+        return self._memo(
+            "regions",
+            image,
+            lambda: super(ReusingSegmenter, self).image_regions(image, encoder, output_size),
+            key,
+        )
 
     def affinity(self, image: torch.Tensor) -> torch.Tensor:
-        return self._memo("affinity", image, lambda: super(ReusingSegmenter, self).affinity(image), self.refine_dilations)
+        return self._memo(
+            "affinity",
+            image,
+            lambda: super(ReusingSegmenter, self).affinity(image),
+            self.refine_dilations,
+        )
 
-    def score(self, regions: ImageRegions, text: torch.Tensor, logit_scale) -> Tuple[torch.Tensor, torch.Tensor]:
+    def score(
+        self, regions: ImageRegions, text: torch.Tensor, logit_scale
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         scores, assign = super().score(regions, text, logit_scale)
-        return scores, assign.clone() if assign is regions.assign else assign  # stored ids go out as copies
+        # stored ids go out as copies
+        return scores, (assign.clone() if assign is regions.assign else assign)
 
 
 @contextlib.contextmanager

@@ -22,8 +22,15 @@ class MomentumTeacher(nn.Module):
     parameters get no gradient; they are in the model's state dict, so a checkpoint keeps them.
     """
 
-    def __init__(self, backbone: nn.Module, projection_head: nn.Module, *, base_momentum: float, start_iter: int,
-                 max_iter: int):  # fmt: skip
+    def __init__(
+        self,
+        backbone: nn.Module,
+        projection_head: nn.Module,
+        *,
+        base_momentum: float,
+        start_iter: int,
+        max_iter: int,
+    ):
         """
         Args:
             backbone, projection_head: the student's; copied here.
@@ -33,7 +40,9 @@ class MomentumTeacher(nn.Module):
         """
         super().__init__()
         if not 0 <= base_momentum <= 1:
-            raise ValueError(f"MODEL.VILSEG.TEACHER_MOMENTUM must be in [0, 1], got {base_momentum}.")
+            raise ValueError(
+                f"MODEL.VILSEG.TEACHER_MOMENTUM must be in [0, 1], got {base_momentum}."
+            )
         self.backbone = copy.deepcopy(backbone)
         self.projection_head = copy.deepcopy(projection_head)
         for p in self.parameters():
@@ -43,15 +52,22 @@ class MomentumTeacher(nn.Module):
         self.max_iter = max(max_iter, start_iter + 1)
 
     @classmethod
-    def from_config(cls, cfg, backbone: nn.Module, projection_head: nn.Module) -> Optional["MomentumTeacher"]:
+    def from_config(
+        cls, cfg, backbone: nn.Module, projection_head: nn.Module
+    ) -> Optional["MomentumTeacher"]:
         """The teacher ``MODEL.VILSEG.TEACHER`` asks for: None for "self" (or without L_vision)."""
         v = cfg.MODEL.VILSEG
         if v.TEACHER not in ("self", "ema"):
             raise ValueError(f"MODEL.VILSEG.TEACHER must be 'self' or 'ema', got {v.TEACHER!r}.")
         if v.TEACHER == "self" or v.VISION_WEIGHT == 0:
             return None
-        return cls(backbone, projection_head, base_momentum=v.TEACHER_MOMENTUM, start_iter=int(v.AUX_WARMUP_ITERS[0]),
-                   max_iter=cfg.SOLVER.MAX_ITER)  # fmt: skip
+        return cls(
+            backbone,
+            projection_head,
+            base_momentum=v.TEACHER_MOMENTUM,
+            start_iter=int(v.AUX_WARMUP_ITERS[0]),
+            max_iter=cfg.SOLVER.MAX_ITER,
+        )
 
     def momentum(self, iteration: int) -> float:
         """The EMA momentum of the update after training step ``iteration`` (0 = copy)."""

@@ -60,7 +60,14 @@ class ViLSegTextEncoder(nn.Module):
     PROMPT_BATCH = 1024  # prompts per text-tower forward when embedding a vocabulary
 
     @configurable
-    def __init__(self, *, clip: nn.Module, tokenizer: Callable, templates: str = "single", freeze: bool = False):
+    def __init__(
+        self,
+        *,
+        clip: nn.Module,
+        tokenizer: Callable,
+        templates: str = "single",
+        freeze: bool = False,
+    ):
         """
         Args:
             clip: an open_clip CLIP model; its visual tower and logit scale are dropped (the
@@ -71,10 +78,15 @@ class ViLSegTextEncoder(nn.Module):
         """
         super().__init__()
         if templates not in PROMPT_TEMPLATES:
-            raise ValueError(f"MODEL.VILSEG.TEXT.TEMPLATES must be one of {sorted(PROMPT_TEMPLATES)}, got {templates!r}.")
+            raise ValueError(
+                f"MODEL.VILSEG.TEXT.TEMPLATES must be one of {sorted(PROMPT_TEMPLATES)}, "
+                f"got {templates!r}."
+            )
         scale = getattr(clip, "logit_scale", None)
         # exp of the tower's learnt logit scale (what a pretrained checkpoint brings), or None
-        self.clip_logit_scale = float(scale.detach().exp()) if isinstance(scale, torch.Tensor) else None
+        self.clip_logit_scale = (
+            float(scale.detach().exp()) if isinstance(scale, torch.Tensor) else None
+        )
         for name in ("visual", "logit_scale", "logit_bias"):
             if hasattr(clip, name):
                 delattr(clip, name)
@@ -91,7 +103,9 @@ class ViLSegTextEncoder(nn.Module):
     def from_config(cls, cfg):
         name = cfg.MODEL.OPEN_CLIP.MODEL_NAME
         return {
-            "clip": create_open_clip_model(name, cfg.MODEL.OPEN_CLIP.PRETRAINED, cfg.MODEL.OPEN_CLIP.CACHE_DIR),
+            "clip": create_open_clip_model(
+                name, cfg.MODEL.OPEN_CLIP.PRETRAINED, cfg.MODEL.OPEN_CLIP.CACHE_DIR
+            ),
             "tokenizer": open_clip.get_tokenizer(name),
             "templates": cfg.MODEL.VILSEG.TEXT.TEMPLATES,
             "freeze": cfg.MODEL.VILSEG.TEXT.FREEZE,
@@ -156,7 +170,10 @@ class ViLSegTextEncoder(nn.Module):
                 prompts.extend(t(syn) for t in templates)
                 owner.extend([k] * len(templates))
         with torch.set_grad_enabled(self.training and torch.is_grad_enabled()):
-            chunks = [prompts[i : i + self.PROMPT_BATCH] for i in range(0, len(prompts), self.PROMPT_BATCH)]
+            chunks = [
+                prompts[i : i + self.PROMPT_BATCH]
+                for i in range(0, len(prompts), self.PROMPT_BATCH)
+            ]
             emb = F.normalize(torch.cat([self.forward(c).float() for c in chunks]), dim=-1)  # P x D
         index = torch.tensor(owner, device=emb.device)
         summed = torch.zeros(len(names), emb.shape[1], device=emb.device).index_add_(0, index, emb)

@@ -26,7 +26,9 @@ class ConvStem(nn.Sequential):
     then a 1x1 conv maps to the transformer width. Output stride = patch size.
     """
 
-    def __init__(self, *, patch_size: int, width: int, out_channels: int, norm: str = "LN", depth: int = 0):
+    def __init__(
+        self, *, patch_size: int, width: int, out_channels: int, norm: str = "LN", depth: int = 0
+    ):
         """
         Args:
             patch_size: output stride (a power of two).
@@ -44,7 +46,9 @@ class ConvStem(nn.Sequential):
         in_ch = 3
         for i in range(num):
             ch = width * 2**i
-            layers.append(Conv2d(in_ch, ch, 3, stride=2, padding=1, bias=False, norm=get_norm(norm, ch)))
+            layers.append(
+                Conv2d(in_ch, ch, 3, stride=2, padding=1, bias=False, norm=get_norm(norm, ch))
+            )
             layers.append(nn.GELU())
             for _ in range(depth):
                 layers.append(Conv2d(ch, ch, 3, padding=1, bias=False, norm=get_norm(norm, ch)))
@@ -61,7 +65,8 @@ class D2OpenCLIPViT(Backbone):
     Outputs (``out_features``), both at stride = patch size:
       - ``"emb"``: ``proj(ln_post(token))``, the per-pixel embeddings e_pxl in the joint
         image-text space, B x D x h x w.
-      - ``"res"``: the last block's raw tokens, B x width x h x w (for other heads, e.g. the pyramid).
+      - ``"res"``: the last block's raw tokens, B x width x h x w (for other heads, e.g. the
+        pyramid).
 
     Positional embeddings are interpolated (bicubic) to any input size that is a multiple of the
     patch size, which is the backbone's ``size_divisibility``.
@@ -90,11 +95,19 @@ class D2OpenCLIPViT(Backbone):
             freeze: no gradients for any parameter (and eval-mode stem).
         """
         super().__init__()
-        if not hasattr(visual, "positional_embedding") or getattr(visual, "attn_pool", None) is not None:
-            raise ValueError("D2OpenCLIPViT needs an open_clip VisionTransformer without attentional pooling.")
+        if (
+            not hasattr(visual, "positional_embedding")
+            or getattr(visual, "attn_pool", None) is not None
+        ):
+            raise ValueError(
+                "D2OpenCLIPViT needs an open_clip VisionTransformer without attentional pooling."
+            )
         unknown = set(out_features) - {"emb", "res"}
         if unknown or not out_features:
-            raise ValueError(f"MODEL.CLIP_VIT.OUT_FEATURES must be a non-empty subset of ['emb', 'res'], got {out_features}.")
+            raise ValueError(
+                "MODEL.CLIP_VIT.OUT_FEATURES must be a non-empty subset of ['emb', 'res'], "
+                f"got {out_features}."
+            )
         self.visual = visual
         self.patch_size = int(visual.patch_size[0])
         self.width = int(visual.class_embedding.shape[0])
@@ -129,14 +142,20 @@ class D2OpenCLIPViT(Backbone):
     @classmethod
     def from_config(cls, cfg, input_shape: Optional[ShapeSpec] = None):
         clip = create_open_clip_model(
-            cfg.MODEL.OPEN_CLIP.MODEL_NAME, cfg.MODEL.OPEN_CLIP.PRETRAINED, cfg.MODEL.OPEN_CLIP.CACHE_DIR
+            cfg.MODEL.OPEN_CLIP.MODEL_NAME,
+            cfg.MODEL.OPEN_CLIP.PRETRAINED,
+            cfg.MODEL.OPEN_CLIP.CACHE_DIR,
         )
         if input_shape is not None and input_shape.channels not in (None, 3):
-            raise ValueError(f"D2OpenCLIPViT takes 3-channel images, got {input_shape.channels} channels.")
+            raise ValueError(
+                f"D2OpenCLIPViT takes 3-channel images, got {input_shape.channels} channels."
+            )
         return {
             "visual": clip.visual,
             "out_features": list(cfg.MODEL.CLIP_VIT.OUT_FEATURES),
-            "conv_stem_width": cfg.MODEL.CLIP_VIT.CONV_STEM_WIDTH if cfg.MODEL.CLIP_VIT.CONV_STEM else 0,
+            "conv_stem_width": (
+                cfg.MODEL.CLIP_VIT.CONV_STEM_WIDTH if cfg.MODEL.CLIP_VIT.CONV_STEM else 0
+            ),
             "conv_stem_norm": cfg.MODEL.CLIP_VIT.CONV_STEM_NORM,
             "conv_stem_depth": cfg.MODEL.CLIP_VIT.CONV_STEM_DEPTH,
             "grad_checkpointing": cfg.MODEL.CLIP_VIT.GRAD_CHECKPOINTING,
@@ -154,7 +173,9 @@ class D2OpenCLIPViT(Backbone):
         if (h, w) == (gh, gw):
             return pos
         grid = pos[1:].reshape(1, gh, gw, -1).permute(0, 3, 1, 2)
-        grid = F.interpolate(grid.float(), size=(h, w), mode="bicubic", align_corners=False).to(pos.dtype)
+        grid = F.interpolate(grid.float(), size=(h, w), mode="bicubic", align_corners=False).to(
+            pos.dtype
+        )
         return torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(h * w, -1)], dim=0)
 
     def forward_tokens(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -164,16 +185,20 @@ class D2OpenCLIPViT(Backbone):
             x: normalised images, B x 3 x H x W, H and W multiples of the patch size.
 
         Returns:
-            dict with ``"res"`` (B x width x h x w, raw last-block tokens), ``"emb"`` (B x D x h x w,
-            ``proj(ln_post(token))``) and ``"cls"`` (B x D, the projected CLS token).
+            dict with ``"res"`` (B x width x h x w, raw last-block tokens), ``"emb"``
+            (B x D x h x w, ``proj(ln_post(token))``) and ``"cls"`` (B x D, the projected CLS
+            token).
         """
         if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"D2OpenCLIPViT expects B x 3 x H x W images, got shape {tuple(x.shape)}.")
+            raise ValueError(
+                f"D2OpenCLIPViT expects B x 3 x H x W images, got shape {tuple(x.shape)}."
+            )
         H, W = x.shape[-2:]
         if H % self.patch_size or W % self.patch_size:
             raise ValueError(
-                f"Image size {H}x{W} is not a multiple of the patch size {self.patch_size}: pad the batch to "
-                f"backbone.size_divisibility (Detectron2's ImageList.from_tensors does)."
+                f"Image size {H}x{W} is not a multiple of the patch size {self.patch_size}: "
+                "pad the batch to backbone.size_divisibility (Detectron2's ImageList.from_tensors "
+                "does)."
             )
         v = self.visual
         x = self.conv_stem(x) if self.conv_stem is not None else v.conv1(x)  # B x width x h x w
@@ -202,7 +227,9 @@ class D2OpenCLIPViT(Backbone):
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
         return {
-            k: ShapeSpec(channels=self._out_feature_channels[k], stride=self._out_feature_strides[k])
+            k: ShapeSpec(
+                channels=self._out_feature_channels[k], stride=self._out_feature_strides[k]
+            )
             for k in self._out_features
         }
 
@@ -240,7 +267,9 @@ class D2OpenCLIPViTPyramid(SimpleFeaturePyramid):
             block = LastLevelMaxPool()
             coarsest = int(net.output_shape()[in_feature].stride / min(scale_factors))
             block.in_feature = f"p{int(math.log2(coarsest))}"
-        super().__init__(net, in_feature, out_channels, list(scale_factors), top_block=block, norm=norm)
+        super().__init__(
+            net, in_feature, out_channels, list(scale_factors), top_block=block, norm=norm
+        )
 
     @classmethod
     def from_config(cls, cfg, input_shape: Optional[ShapeSpec] = None):
