@@ -7,9 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from data_fixtures import make_coco_stuff, make_pascal_context, make_voc2012
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from helpers import tiny_cfg
 from PIL import Image
 
 from vilseg_d2.data.datasets import register_all
@@ -31,11 +29,16 @@ from vilseg_d2.engine import eval_classes, eval_vocabulary
 from vilseg_d2.evaluation import ViLSegSemSegEvaluator
 from vilseg_d2.modeling import duplicate_classes
 
+from data_fixtures import make_coco_stuff, make_pascal_context, make_voc2012
+from helpers import tiny_cfg
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "datasets", name + ".py"))
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(REPO, "datasets", name + ".py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -61,11 +64,17 @@ def check_metadata(name, num_classes, unseen):
 
 
 def test_registered_names_and_unseen_classes():
-    check_metadata("voc_2012_sem_seg_val", 21, ["potted plant", "sheep", "sofa", "train", "tv monitor"])
-    meta20 = check_metadata("voc_2012_sem_seg_val_20", 20, ["potted plant", "sheep", "sofa", "train", "tv monitor"])
+    check_metadata(
+        "voc_2012_sem_seg_val", 21, ["potted plant", "sheep", "sofa", "train", "tv monitor"]
+    )
+    meta20 = check_metadata(
+        "voc_2012_sem_seg_val_20", 20, ["potted plant", "sheep", "sofa", "train", "tv monitor"]
+    )
     assert "background" not in meta20.stuff_classes
     check_metadata("pascal_context_59_sem_seg_val", 59, ["cow", "motorbike", "sofa", "cat"])
-    meta60 = check_metadata("pascal_context_60_sem_seg_val", 60, ["cow", "motorbike", "sofa", "cat"])
+    meta60 = check_metadata(
+        "pascal_context_60_sem_seg_val", 60, ["cow", "motorbike", "sofa", "cat"]
+    )
     assert meta60.stuff_classes[0] == "background"
     check_metadata(
         "coco_stuff_164k_sem_seg_val",
@@ -74,8 +83,14 @@ def test_registered_names_and_unseen_classes():
          "road", "wall-concrete", "tree", "grass", "river", "clouds", "playingfield"],
     )  # fmt: skip
     assert "ade20k_sem_seg_val" in DatasetCatalog.list()  # Detectron2's own, reused
-    for name in ["voc_2012_sem_seg_val", "pascal_context_59_sem_seg_val", "coco_stuff_164k_sem_seg_val"]:
-        assert len(set(MetadataCatalog.get(name).stuff_classes)) == len(MetadataCatalog.get(name).stuff_classes)
+    for name in [
+        "voc_2012_sem_seg_val",
+        "pascal_context_59_sem_seg_val",
+        "coco_stuff_164k_sem_seg_val",
+    ]:
+        assert len(set(MetadataCatalog.get(name).stuff_classes)) == len(
+            MetadataCatalog.get(name).stuff_classes
+        )
 
 
 def test_voc_prepare_and_load(tmp_path):
@@ -100,12 +115,17 @@ def test_voc_prepare_and_load(tmp_path):
 def test_pascal_context_prepare_and_load(tmp_path):
     pytest.importorskip("scipy")
     maps, name_to_id = make_pascal_context(str(tmp_path))
-    assert load_script("prepare_pascal_context").main(["--root", str(tmp_path), "--workers", "0"]) == 3
+    assert (
+        load_script("prepare_pascal_context").main(["--root", str(tmp_path), "--workers", "0"]) == 3
+    )
     register_pascal_context(str(tmp_path))
     from vilseg_d2.data.datasets.register_pascal_context import PASCAL_CONTEXT_59_CLASSES
 
     id_to_59 = {name_to_id[c]: k for k, c in enumerate(PASCAL_CONTEXT_59_CLASSES)}
-    for name, offset, other in [("pascal_context_59_sem_seg_val", 0, 255), ("pascal_context_60_sem_seg_val", 1, 0)]:
+    for name, offset, other in [
+        ("pascal_context_59_sem_seg_val", 0, 255),
+        ("pascal_context_60_sem_seg_val", 1, 0),
+    ]:
         recs = DatasetCatalog.get(name)
         assert len(recs) == 3
         for r in recs:
@@ -121,7 +141,10 @@ def test_pascal_context_prepare_and_load(tmp_path):
 
 def test_coco_stuff_prepare_and_load(tmp_path):
     maps = make_coco_stuff(str(tmp_path))
-    assert load_script("prepare_coco_stuff_164k").main(["--root", str(tmp_path), "--workers", "0"]) == 3
+    assert (
+        load_script("prepare_coco_stuff_164k").main(["--root", str(tmp_path), "--workers", "0"])
+        == 3
+    )
     register_coco_stuff_164k(str(tmp_path))
     recs = DatasetCatalog.get("coco_stuff_164k_sem_seg_val")
     assert len(recs) == 3
@@ -168,15 +191,21 @@ SEM_SEG_DATASETS = [
 def test_prompt_names_cover_the_classes_once_each(name):
     meta = MetadataCatalog.get(name)
     assert len(meta.prompt_names) == len(meta.stuff_classes)
-    assert duplicate_classes(meta.prompt_names) == []  # the text encoder's own test of "the same class"
-    assert all(p.strip() and ";" not in p and "," not in p for p in meta.prompt_names)  # no synonym lists
+    assert (
+        duplicate_classes(meta.prompt_names) == []
+    )  # the text encoder's own test of "the same class"
+    assert all(
+        p.strip() and ";" not in p and "," not in p for p in meta.prompt_names
+    )  # no synonym lists
     assert class_prompts(name) == dict(zip(meta.stuff_classes, meta.prompt_names))
 
 
 def test_coco_stuff_prompts_are_readable_and_metric_names_unchanged():
     meta = MetadataCatalog.get("coco_stuff_164k_sem_seg_val")
     assert meta.stuff_classes == COCO_STUFF_CLASSES  # metric names: the dataset's
-    assert {"wall-concrete", "building-other", "sky-other", "playingfield"} <= set(meta.stuff_classes)
+    assert {"wall-concrete", "building-other", "sky-other", "playingfield"} <= set(
+        meta.stuff_classes
+    )
     assert set(COCO_STUFF_PROMPT_NAMES) <= set(COCO_STUFF_CLASSES)
     prompts = class_prompts("coco_stuff_164k_sem_seg_val")
     for dataset_name, prompt in {
@@ -234,7 +263,11 @@ def test_evaluator_maps_prompted_predictions_back_by_position(tmp_path, mode):
     register_sem_seg_dataset(
         name, image_dir=str(tmp_path / "img"), gt_dir=str(tmp_path / "gt"), stuff_classes=classes,
         unseen_classes=["playingfield", "wall-concrete"],
-        prompt_names={"wall-concrete": "concrete wall", "sky-other": "sky", "playingfield": "playing field"},
+        prompt_names={
+            "wall-concrete": "concrete wall",
+            "sky-other": "sky",
+            "playingfield": "playing field",
+        },
     )  # fmt: skip
     try:
         cfg = tiny_cfg(TEST__VILSEG__VOCABULARY=mode)
@@ -247,8 +280,12 @@ def test_evaluator_maps_prompted_predictions_back_by_position(tmp_path, mode):
         truth = [classes[v] if v != 255 else None for v in gt.reshape(-1)]
         scores = torch.zeros(len(vocabulary), 16)
         for k, prompt in enumerate(vocabulary):
-            scores[k] = torch.tensor([float(c is not None and class_prompts(name)[c] == prompt) for c in truth])
-        evaluator.process([{"file_name": str(tmp_path / "img" / "a.jpg")}], [{"sem_seg": scores.view(-1, 4, 4)}])
+            scores[k] = torch.tensor(
+                [float(c is not None and class_prompts(name)[c] == prompt) for c in truth]
+            )
+        evaluator.process(
+            [{"file_name": str(tmp_path / "img" / "a.jpg")}], [{"sem_seg": scores.view(-1, 4, 4)}]
+        )
         res = evaluator.evaluate()["sem_seg"]
         assert res["mIoU"] == pytest.approx(100.0) and res["mIoU_unseen"] == pytest.approx(100.0)
         assert {f"IoU-{c}" for c in eval_names} <= set(res) and "IoU-concrete wall" not in res

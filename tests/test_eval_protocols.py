@@ -11,14 +11,16 @@ import open_clip
 import pytest
 import torch
 from detectron2.modeling import build_model
-from helpers import ROOT, tiny_cfg
 
 from vilseg_d2.config import get_vilseg_cfg
 from vilseg_d2.data import generate_synthetic_world, register_synthetic_world
 from vilseg_d2.engine import ViLSegTrainer, load_eval_weights
 
+from helpers import ROOT, tiny_cfg
+
 CONFIGS = sorted(
-    os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True)
+    os.path.relpath(p, ROOT)
+    for p in glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True)
 )
 EVAL_CONFIGS = [c for c in CONFIGS if c.startswith(("configs/eval/", "configs/baselines/"))]
 
@@ -52,7 +54,9 @@ def test_repo_points_only_to_configs_that_exist():
         with open(path, encoding="utf-8") as f:
             text = f.read()
         for ref in re.findall(r"configs/[\w./-]+\.yaml", text):
-            assert os.path.isfile(os.path.join(ROOT, ref)), f"{os.path.relpath(path, ROOT)} refers to {ref}"
+            assert os.path.isfile(
+                os.path.join(ROOT, ref)
+            ), f"{os.path.relpath(path, ROOT)} refers to {ref}"
 
 
 @pytest.mark.parametrize("config", EVAL_CONFIGS)
@@ -62,26 +66,38 @@ def test_eval_configs_name_their_reading_of_the_protocol(config):
     if cfg.TEST.VILSEG.VOCABULARY == "unseen":
         assert config.endswith("_unseen.yaml") and line.startswith("# Zero-shot (ZS) reading"), line
     else:
-        assert config.endswith("_all.yaml") and line.startswith("# Generalised zero-shot (GZS) reading"), line
+        assert config.endswith("_all.yaml") and line.startswith(
+            "# Generalised zero-shot (GZS) reading"
+        ), line
 
 
 @pytest.mark.parametrize("config", [c for c in CONFIGS if c.startswith("configs/baselines/")])
 def test_clip_seg_baselines_are_pretrained_clip_on_the_eval_protocols(config):
     cfg = load(config)
     assert os.path.basename(config).startswith("clip_seg_vitb16_")
-    assert (cfg.MODEL.OPEN_CLIP.MODEL_NAME, cfg.MODEL.OPEN_CLIP.PRETRAINED) == ("ViT-B-16", "openai")
+    assert (cfg.MODEL.OPEN_CLIP.MODEL_NAME, cfg.MODEL.OPEN_CLIP.PRETRAINED) == (
+        "ViT-B-16",
+        "openai",
+    )
     assert cfg.MODEL.VILSEG.INFERENCE_MODE == "dense" and cfg.MODEL.WEIGHTS == ""
     ours = load(config.replace("baselines/clip_seg_", "eval/vilseg_"))
     for key in ("DATASETS.TEST", "TEST.VILSEG.VOCABULARY", "MODEL.VILSEG.SLIDING_WINDOW_SIZE",
-                "MODEL.VILSEG.SLIDING_WINDOW_STRIDE", "MODEL.VILSEG.BG_THRESHOLD", "MODEL.VILSEG.TEXT.TEMPLATES",
+                "MODEL.VILSEG.SLIDING_WINDOW_STRIDE", "MODEL.VILSEG.BG_THRESHOLD",
+                "MODEL.VILSEG.TEXT.TEMPLATES",
                 "INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST"):  # fmt: skip
         assert value(cfg, key) == value(ours, key), key  # the same protocol as ViL-Seg's
 
 
 def test_clip_seg_baseline_offline_says_the_weights_cannot_be_downloaded(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    cfg = load("configs/baselines/clip_seg_vitb16_voc_unseen.yaml", "MODEL.OPEN_CLIP.CACHE_DIR", str(tmp_path))
-    with pytest.raises(RuntimeError, match=r"Cannot download the open_clip weights ViT-B-16/openai: no network"):
+    cfg = load(
+        "configs/baselines/clip_seg_vitb16_voc_unseen.yaml",
+        "MODEL.OPEN_CLIP.CACHE_DIR",
+        str(tmp_path),
+    )
+    with pytest.raises(
+        RuntimeError, match=r"Cannot download the open_clip weights ViT-B-16/openai: no network"
+    ):
         build_model(cfg)
 
 
@@ -98,7 +114,8 @@ def pretrained_tiny(tmp_path):
 
 
 def pretrained_cfg(path, **overrides):
-    """The tiny config on pretrained towers (no conv stem: the checkpoint has none), dense inference."""
+    """The tiny config on pretrained towers (no conv stem: the checkpoint has none), dense
+    inference."""
     opts = {"MODEL__OPEN_CLIP__PRETRAINED": path, "MODEL__CLIP_VIT__CONV_STEM": False,
             "MODEL__VILSEG__INFERENCE_MODE": "dense", **overrides}  # fmt: skip
     return tiny_cfg(**opts)
@@ -113,9 +130,13 @@ def test_eval_without_weights_keeps_the_pretrained_towers(pretrained_tiny, tmp_p
     load_eval_weights(cfg, model, resume=resume)  # what tools/train_net.py --eval-only does
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    torch.testing.assert_close(model.backbone.visual.transformer.resblocks[0].attn.in_proj_weight,
-                               clip.visual.transformer.resblocks[0].attn.in_proj_weight)  # fmt: skip
-    torch.testing.assert_close(model.text_encoder.clip.token_embedding.weight, clip.token_embedding.weight)
+    torch.testing.assert_close(
+        model.backbone.visual.transformer.resblocks[0].attn.in_proj_weight,
+        clip.visual.transformer.resblocks[0].attn.in_proj_weight,
+    )
+    torch.testing.assert_close(
+        model.text_encoder.clip.token_embedding.weight, clip.token_embedding.weight
+    )
     assert float(model.scale().detach()) == pytest.approx(55.0, rel=1e-6)
     assert "evaluating the open_clip towers ViLSeg-Tiny" in vlog.text
 
@@ -140,8 +161,12 @@ def test_clip_seg_path_evaluates_pretrained_towers_end_to_end(pretrained_tiny, t
     generate_synthetic_world(str(root), num_train=8, num_val=3, seed=0, num_workers=0)
     register_synthetic_world(str(root))
     try:
-        cfg = pretrained_cfg(path, OUTPUT_DIR=str(tmp_path / "out"), DATASETS__TEST=("synthetic_sem_seg_val",),
-                             DATALOADER__NUM_WORKERS=0)  # fmt: skip
+        cfg = pretrained_cfg(
+            path,
+            OUTPUT_DIR=str(tmp_path / "out"),
+            DATASETS__TEST=("synthetic_sem_seg_val",),
+            DATALOADER__NUM_WORKERS=0,
+        )
         model = build_model(cfg)
         load_eval_weights(cfg, model)
         res = ViLSegTrainer.test(cfg, model)["sem_seg"]

@@ -2,7 +2,8 @@
 """Train or evaluate ViL-Seg (Detectron2's train_net idiom).
 
     tools/train_net.py --config-file configs/vilseg_vitb16.yaml --num-gpus 8
-    tools/train_net.py --config-file configs/eval/vilseg_vitb16_voc_unseen.yaml --eval-only MODEL.WEIGHTS m.pth
+    tools/train_net.py --config-file configs/eval/vilseg_vitb16_voc_unseen.yaml --eval-only \\
+        MODEL.WEIGHTS m.pth
     tools/train_net.py --config-file configs/baselines/clip_seg_vitb16_voc_unseen.yaml --eval-only
     tools/train_net.py --config-file configs/vilseg_tiny.yaml --resume MODEL.DEVICE cpu
 
@@ -21,9 +22,11 @@ import logging
 import os
 import sys
 
-# isort: off  (vilseg_d2 first: it fills the registries and quiets third-party import warnings)
+# vilseg_d2 first: it fills the registries and quiets third-party import warnings.
+# isort: off
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import vilseg_d2  # noqa: E402,F401
+
 # isort: on
 
 from detectron2.engine import default_argument_parser, default_setup, launch
@@ -38,7 +41,9 @@ from vilseg_d2.engine import ViLSegTrainer, load_eval_weights  # noqa: E402
 def setup(args):
     cfg = get_vilseg_cfg(args.config_file, args.opts)
     cfg.freeze()
-    if cfg.MODEL.DEVICE == "cpu":  # Detectron2's environment report would warn "No CUDA runtime is found"
+    if (
+        cfg.MODEL.DEVICE == "cpu"
+    ):  # Detectron2's environment report would warn "No CUDA runtime is found"
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     default_setup(cfg, args)
     # The project's own log lines (data mapper, loader switches, skipped records), like Mask2Former.

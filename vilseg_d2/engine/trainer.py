@@ -48,7 +48,10 @@ def eval_classes(cfg, dataset_name: str) -> List[str]:
     if mode == "unseen":
         unseen = list(meta.get("unseen_classes", []) or [])
         if not unseen:
-            raise ValueError(f"TEST.VILSEG.VOCABULARY='unseen' but {dataset_name} has no unseen_classes metadata.")
+            raise ValueError(
+                f"TEST.VILSEG.VOCABULARY='unseen' but {dataset_name} has no unseen_classes "
+                f"metadata."
+            )
         return unseen
     raise ValueError(f"TEST.VILSEG.VOCABULARY must be 'all' or 'unseen', got {mode!r}.")
 
@@ -67,21 +70,26 @@ def training_views(cfg, iteration: int) -> Dict[str, bool]:
     ``MODEL.VILSEG.AUX_WARMUP_ITERS[0]``, and never for an objective of weight 0."""
     v = cfg.MODEL.VILSEG
     active = iteration >= int(v.AUX_WARMUP_ITERS[0])
-    return {"local_crops": active and v.VISION_WEIGHT > 0, "transformed_view": active and v.CLUSTER_WEIGHT > 0}
+    return {
+        "local_crops": active and v.VISION_WEIGHT > 0,
+        "transformed_view": active and v.CLUSTER_WEIGHT > 0,
+    }
 
 
 def _warn_if_aux_objectives_never_train(cfg) -> None:
     """Warn when ``SOLVER.MAX_ITER`` ends before ``MODEL.VILSEG.AUX_WARMUP_ITERS[0]``, so that a
     run meant to train L_vision / L_cluster (weight > 0) does not train L_cross alone unawares."""
     v, start = cfg.MODEL.VILSEG, int(cfg.MODEL.VILSEG.AUX_WARMUP_ITERS[0])
-    names = [n for n, w in (("L_vision", v.VISION_WEIGHT), ("L_cluster", v.CLUSTER_WEIGHT)) if w > 0]
+    names = [
+        n for n, w in (("L_vision", v.VISION_WEIGHT), ("L_cluster", v.CLUSTER_WEIGHT)) if w > 0
+    ]
     if names and cfg.SOLVER.MAX_ITER <= start:
         logger.warning(
             f"{' and '.join(names)} will not train: the run ends at SOLVER.MAX_ITER = "
             f"{cfg.SOLVER.MAX_ITER}, before the auxiliary objectives join at iteration {start} "
             f"(MODEL.VILSEG.AUX_WARMUP_ITERS[0]); only L_cross trains. To train them, set "
-            f"SOLVER.MAX_ITER above {start} or start them earlier, e.g. MODEL.VILSEG.AUX_WARMUP_ITERS "
-            f"'(0, 0)' (all objectives from iteration 0)."
+            f"SOLVER.MAX_ITER above {start} or start them earlier, e.g. "
+            f"MODEL.VILSEG.AUX_WARMUP_ITERS '(0, 0)' (all objectives from iteration 0)."
         )
 
 
@@ -142,7 +150,10 @@ class ViLSegTrainer(DefaultTrainer):
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         dtype = _AMP_DTYPES.get(cfg.SOLVER.AMP.DTYPE) if cfg.SOLVER.AMP.ENABLED else None
         if cfg.SOLVER.AMP.ENABLED and dtype is None:
-            raise ValueError(f"SOLVER.AMP.DTYPE must be one of {sorted(_AMP_DTYPES)}, got {cfg.SOLVER.AMP.DTYPE!r}.")
+            raise ValueError(
+                f"SOLVER.AMP.DTYPE must be one of {sorted(_AMP_DTYPES)}, got "
+                f"{cfg.SOLVER.AMP.DTYPE!r}."
+            )
 
         _warn_if_aux_objectives_never_train(cfg)
         model = self.build_model(cfg)
@@ -176,7 +187,9 @@ class ViLSegTrainer(DefaultTrainer):
         (:meth:`CaptionTrainStream.set_start_iteration`) instead of starting over."""
         super().resume_or_load(resume=resume)
         if self._trainer._data_loader_iter_obj is not None:
-            raise RuntimeError("resume_or_load must be called before training reads the data loader.")
+            raise RuntimeError(
+                "resume_or_load must be called before training reads the data loader."
+            )
         self.use_training_views(self.start_iter)
         _continue_at(self._trainer.data_loader, self.start_iter)
 
@@ -206,10 +219,18 @@ class ViLSegTrainer(DefaultTrainer):
             raise ValueError(f"SOLVER.LOG_PERIOD must be >= 1, got {period}.")
         model = getattr(self.model, "module", self.model)
         teacher = [_MomentumTeacherHook()] if getattr(model, "teacher", None) is not None else []
-        return [_AuxViewsHook()] + teacher + [
-            hooks.PeriodicWriter(h._writers, period=period) if isinstance(h, hooks.PeriodicWriter) else h
-            for h in super().build_hooks()
-        ]
+        return (
+            [_AuxViewsHook()]
+            + teacher
+            + [
+                (
+                    hooks.PeriodicWriter(h._writers, period=period)
+                    if isinstance(h, hooks.PeriodicWriter)
+                    else h
+                )
+                for h in super().build_hooks()
+            ]
+        )
 
     def build_writers(self):
         """Detectron2's default writers; metrics.json and TensorBoard smooth over the
@@ -224,8 +245,11 @@ class ViLSegTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg, *, local_crops: bool = True, transformed_view: bool = True):
-        """The caption loader; ``local_crops`` / ``transformed_view`` False leave those views out."""
-        mapper = ViLSegCaptionDatasetMapper(cfg, True, local_crops=local_crops, transformed_view=transformed_view)
+        """The caption loader; ``local_crops`` / ``transformed_view`` False leave those views
+        out."""
+        mapper = ViLSegCaptionDatasetMapper(
+            cfg, True, local_crops=local_crops, transformed_view=transformed_view
+        )
         return build_caption_train_loader(cfg, mapper)
 
     @classmethod
@@ -238,10 +262,16 @@ class ViLSegTrainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder: Optional[str] = None):
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "sem_seg")
         if evaluator_type != "sem_seg":
-            raise ValueError(f"{dataset_name} has evaluator_type {evaluator_type!r}; ViL-Seg evaluates 'sem_seg' datasets.")
+            raise ValueError(
+                f"{dataset_name} has evaluator_type {evaluator_type!r}; ViL-Seg evaluates "
+                f"'sem_seg' datasets."
+            )
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return ViLSegSemSegEvaluator(
-            dataset_name, distributed=True, output_dir=output_folder, classes=eval_classes(cfg, dataset_name)
+            dataset_name,
+            distributed=True,
+            output_dir=output_folder,
+            classes=eval_classes(cfg, dataset_name),
         )
 
     @classmethod

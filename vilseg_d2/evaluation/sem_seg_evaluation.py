@@ -45,8 +45,8 @@ class ViLSegSemSegEvaluator(SemSegEvaluator):
             missing = [c for c in classes if c not in dataset_classes]
             if missing:
                 raise ValueError(
-                    f"Classes {missing} are not classes of {dataset_name}: give names from its stuff_classes "
-                    f"(not its prompt_names)."
+                    f"Classes {missing} are not classes of {dataset_name}: give names from its "
+                    f"stuff_classes (not its prompt_names)."
                 )
             lut = np.full(max(256, len(dataset_classes) + 1), meta.ignore_label, dtype=np.int64)
             for new, name in enumerate(classes):

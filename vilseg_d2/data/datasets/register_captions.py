@@ -34,7 +34,8 @@ logger = logging.getLogger(__name__)
 CAPTION_SOURCE_TYPES = ("manifest", "coco", "shards")
 # The fields of a DATASETS.CAPTION_DATASETS spec: ``name`` + register_caption_dataset's arguments.
 CAPTION_SPEC_FIELDS = (
-    "name", "manifest", "shards", "coco_json", "image_root", "image_key", "caption_key", "num_samples",
+    "name", "manifest", "shards", "coco_json",
+    "image_root", "image_key", "caption_key", "num_samples",
 )  # fmt: skip
 _CONFIG_KEY = "DATASETS.CAPTION_DATASETS"
 
@@ -86,17 +87,27 @@ def register_caption_dataset(
         missing_hint: what to do when the manifest or json is missing (in the error).
         origin: where the registration came from, named in messages about its paths.
     """
-    given = [k for k, v in (("manifest", manifest), ("coco_json", coco_json), ("shards", shards)) if v]
+    given = [
+        k for k, v in (("manifest", manifest), ("coco_json", coco_json), ("shards", shards)) if v
+    ]
     if len(given) != 1:
         raise ValueError(
             f"register_caption_dataset({name!r}) needs exactly one of manifest=, coco_json=, "
             f"shards=; got {given or 'none'}."
         )
     remove_if_registered(name)
-    meta = {"image_key": image_key, "caption_key": caption_key, "missing_hint": missing_hint, "origin": origin}
+    meta = {
+        "image_key": image_key,
+        "caption_key": caption_key,
+        "missing_hint": missing_hint,
+        "origin": origin,
+    }
     if manifest:
-        meta.update(caption_source_type="manifest", manifest=manifest,
-                    image_root=image_root or os.path.dirname(os.path.abspath(manifest)))
+        meta.update(
+            caption_source_type="manifest",
+            manifest=manifest,
+            image_root=image_root or os.path.dirname(os.path.abspath(manifest)),
+        )
 
         def load_manifest() -> list[dict]:
             require_file(name, manifest, missing_hint)
@@ -107,7 +118,9 @@ def register_caption_dataset(
         DatasetCatalog.register(name, load_manifest)
     elif coco_json:
         if not image_root:
-            raise ValueError(f"register_caption_dataset({name!r}, coco_json=...) needs image_root=.")
+            raise ValueError(
+                f"register_caption_dataset({name!r}, coco_json=...) needs image_root=."
+            )
         meta.update(caption_source_type="coco", coco_json=coco_json, image_root=image_root)
 
         def load_coco() -> list[dict]:
@@ -155,7 +168,7 @@ def parse_caption_dataset_spec(spec: str) -> dict:
         ValueError: a malformed pair, an unknown or repeated field, no name, or a bad
             ``num_samples``.
     """
-    example = f'{_CONFIG_KEY} \'("name=my_pairs,manifest=/data/pairs.jsonl,image_root=/data",)\''
+    example = f"{_CONFIG_KEY} '(\"name=my_pairs,manifest=/data/pairs.jsonl,image_root=/data\",)'"
     if not isinstance(spec, str):
         raise ValueError(
             f"Each entry of {_CONFIG_KEY} must be a string, got {spec!r}; e.g. {example}."
@@ -165,7 +178,9 @@ def parse_caption_dataset_spec(spec: str) -> dict:
         key, sep, value = part.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or not value:
-            raise ValueError(f"{_CONFIG_KEY} entry {spec!r}: {part!r} is not field=value; e.g. {example}.")
+            raise ValueError(
+                f"{_CONFIG_KEY} entry {spec!r}: {part!r} is not field=value; e.g. {example}."
+            )
         if key not in CAPTION_SPEC_FIELDS:
             raise ValueError(
                 f"{_CONFIG_KEY} entry {spec!r}: unknown field {key!r}; the fields are "

@@ -8,7 +8,12 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_sem_seg
 
-__all__ = ["register_sem_seg_dataset", "remove_if_registered", "class_prompt_names", "class_prompts"]
+__all__ = [
+    "register_sem_seg_dataset",
+    "remove_if_registered",
+    "class_prompt_names",
+    "class_prompts",
+]
 
 
 def remove_if_registered(name: str) -> None:
@@ -18,7 +23,9 @@ def remove_if_registered(name: str) -> None:
         MetadataCatalog.remove(name)
 
 
-def class_prompt_names(stuff_classes: Sequence[str], renames: Optional[Mapping[str, str]] = None) -> List[str]:
+def class_prompt_names(
+    stuff_classes: Sequence[str], renames: Optional[Mapping[str, str]] = None
+) -> List[str]:
     """The names the text encoder gets for ``stuff_classes``, aligned with them.
 
     Args:
@@ -40,7 +47,9 @@ def class_prompt_names(stuff_classes: Sequence[str], renames: Optional[Mapping[s
     names = [renames.get(c, c) for c in stuff_classes]
     repeated = sorted(n for n, k in Counter(names).items() if k > 1)
     if repeated:
-        raise ValueError(f"Several classes would share the prompt names {repeated}; give each class its own.")
+        raise ValueError(
+            f"Several classes would share the prompt names {repeated}; give each class its own."
+        )
     return names
 
 
@@ -52,8 +61,8 @@ def class_prompts(dataset_name: str) -> Dict[str, str]:
     prompts = list(meta.get("prompt_names", None) or classes)
     if len(prompts) != len(classes):
         raise ValueError(
-            f"{dataset_name}: prompt_names has {len(prompts)} names for {len(classes)} stuff_classes; "
-            f"it must give one name per class, in the same order."
+            f"{dataset_name}: prompt_names has {len(prompts)} names for {len(classes)} "
+            f"stuff_classes; it must give one name per class, in the same order."
         )
     return dict(zip(classes, prompts))
 

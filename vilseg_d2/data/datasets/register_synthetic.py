@@ -24,7 +24,9 @@ SYNTHETIC_VAL = "synthetic_sem_seg_val"
 
 def default_synthetic_root() -> str:
     """``$DETECTRON2_DATASETS/synthetic`` (``datasets/synthetic`` when the variable is unset)."""
-    return os.path.join(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")), "synthetic")
+    return os.path.join(
+        os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")), "synthetic"
+    )
 
 
 def _read_meta(root: str) -> dict:
