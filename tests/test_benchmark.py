@@ -99,3 +99,20 @@ def test_targets(results):
         assert _positive(t["measured"]) and _positive(t["threshold"])
         assert isinstance(t["met"], bool) and t["comparison"] in ("<=", ">=")
         assert t["met"] == (t["measured"] <= t["threshold"] if t["comparison"] == "<=" else t["measured"] >= t["threshold"])
+
+
+def test_clip_step_comparison(results):
+    res = results["configs"]["tiny"]
+    comparison = res["clip_comparison"]
+    flops = comparison["flops_per_sample"]
+    assert comparison["flop_ratio"] == flops["ratio"]
+    assert flops["ratio"] == flops["vilseg_forward"] / flops["clip_forward"]
+    assert flops["ratio"] > 1  # eight image views per sample against one
+    for dtype in ("fp32", "bf16"):
+        clip = res["training"][f"clip_train_{dtype}"]
+        _check_measurement(clip, "samples_per_s")
+        assert clip["batch"] == res["profile"]["train_batch"] and clip["dtype"] == dtype
+        c = comparison[dtype]
+        assert c["clip_step_s"] == clip["median_s"]
+        assert c["vilseg_step_s"] == res["training"][f"train_{dtype}"]["median_s"]
+        assert c["time_ratio"] == c["vilseg_step_s"] / c["clip_step_s"]

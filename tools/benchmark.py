@@ -58,7 +58,12 @@ from detectron2.utils.events import EventStorage, get_event_storage  # noqa: E40
 
 import vilseg_d2  # noqa: E402,F401  (fills the registries)
 from vilseg_d2 import add_vilseg_config  # noqa: E402
-from vilseg_d2.analysis import ClipTrainingModel, clip_samples, training_flop_ratio, training_samples  # noqa: E402
+from vilseg_d2.analysis import (  # noqa: E402
+    ClipTrainingModel,
+    clip_samples,
+    training_flop_ratio,
+    training_samples,
+)
 from vilseg_d2.engine import AutocastTrainer, build_vilseg_optimizer  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -431,8 +436,8 @@ def worker_jobs(profile: Profile) -> List[Dict]:
                      "warmup": warmup, "reps": reps})  # fmt: skip
     for dtype in DTYPES:  # open_clip's CLIP step, same batch and dtype
         warmup, reps = profile.schedule(f"train_{dtype}")
-        jobs.append({"name": f"clip_train_{dtype}", "kind": "clip_train", "dtype": dtype,
-                     "batch": profile.train_batch, "warmup": warmup, "reps": reps})  # fmt: skip
+        job = {"name": f"clip_train_{dtype}", "kind": "clip_train", "dtype": dtype}
+        jobs.append(dict(job, batch=profile.train_batch, warmup=warmup, reps=reps))
     if profile.consumption_batch:
         warmup, reps = profile.schedule("train_bf16")
         jobs.append({"name": f"train_bf16_batch{profile.consumption_batch}", "kind": "train", "dtype": "bf16",
@@ -471,8 +476,9 @@ def _clip_train_job(model, cfg, job: Dict) -> Callable[[], object]:
     optimizer settings as ViL-Seg's, on the job's batch (images at the tower's own size)."""
     clip = ClipTrainingModel.from_config(cfg).train()
     samples = clip_samples(job["batch"], clip.image_size)
+    optimizer = build_vilseg_optimizer(cfg, clip)
     autocast_dtype = {"bf16": torch.bfloat16, "fp32": None}[job["dtype"]]
-    clip_trainer = AutocastTrainer(clip, itertools.repeat(samples), build_vilseg_optimizer(cfg, clip), dtype=autocast_dtype)
+    clip_trainer = AutocastTrainer(clip, itertools.repeat(samples), optimizer, dtype=autocast_dtype)
 
     def clip_step():
         clip_trainer.run_step()
@@ -483,7 +489,8 @@ def _clip_train_job(model, cfg, job: Dict) -> Callable[[], object]:
 
 def run_job(model, cfg, job: Dict) -> Dict:
     """Prepare one job, reset the peak RSS, time it, read the peak."""
-    prepare = {"inference": _inference_job, "train": _train_job, "clip_train": _clip_train_job}[job["kind"]]
+    prepare = {"inference": _inference_job, "train": _train_job, "clip_train": _clip_train_job}
+    prepare = prepare[job["kind"]]
     model.zero_grad(set_to_none=True)
     with EventStorage(0):
         fn = prepare(model, cfg, job)
@@ -494,7 +501,8 @@ def run_job(model, cfg, job: Dict) -> Dict:
         end = memory_status()
     del fn
     items = job.get("batch", 1)
-    m = with_rate(m, items, "samples_per_s" if job["kind"] in ("train", "clip_train") else "images_per_s")
+    training = job["kind"] in ("train", "clip_train")
+    m = with_rate(m, items, "samples_per_s" if training else "images_per_s")
     m["memory"] = {
         "peak_rss_bytes": end.get("hwm", 0),
         "rss_at_start_bytes": start.get("rss", 0),
@@ -674,7 +682,7 @@ def run_config(profile: Profile, args) -> Dict:
         out["sizes"] = sizes_section(model, profile, small)
     if "training" in args.sections:
         flops = training_flop_ratio(model, cfg)
-        log(f"{profile.name} training FLOPs per sample, ViL-Seg / open_clip CLIP: {flops['ratio']:.2f}")
+        log(f"{profile.name} training FLOPs per sample, ViL-Seg / CLIP: {flops['ratio']:.2f}")
     del model
     gc.collect()
     if "training" in args.sections:
@@ -685,7 +693,8 @@ def run_config(profile: Profile, args) -> Dict:
             log(out["errors"][0])
             return out
         jobs = worker.pop("jobs")
-        out["training"] = {k: v for k, v in jobs.items() if k.startswith(("train_", "clip_train_"))}
+        steps = ("train_", "clip_train_")
+        out["training"] = {k: v for k, v in jobs.items() if k.startswith(steps)}
         out["clip_comparison"] = clip_comparison(out["training"], flops)
         out["training"]["views_per_sample"] = "1 global + %d local + 1 transformed" % cfg.INPUT.VILSEG.NUM_LOCAL_CROPS
         out["memory"] = dict(worker, **{k: v for k, v in jobs.items() if k.startswith("inference_")})
@@ -703,8 +712,12 @@ def clip_comparison(training: Dict, flops: Dict) -> Dict:
     for dtype in DTYPES:
         vilseg, clip = training.get(f"train_{dtype}"), training.get(f"clip_train_{dtype}")
         if vilseg and clip:
-            out[dtype] = {"batch": vilseg["batch"], "vilseg_step_s": vilseg["median_s"],
-                          "clip_step_s": clip["median_s"], "time_ratio": vilseg["median_s"] / clip["median_s"]}  # fmt: skip
+            out[dtype] = {
+                "batch": vilseg["batch"],
+                "vilseg_step_s": vilseg["median_s"],
+                "clip_step_s": clip["median_s"],
+                "time_ratio": vilseg["median_s"] / clip["median_s"],
+            }
     return out
 
 
@@ -843,19 +856,26 @@ def format_table(results: Dict) -> str:
     header = ("config", "measurement", "dtype", "median s", "throughput", "peak RSS GiB", "reps")
     lines = [_md_row(header), _md_row(("---",) * len(header))]
     lines += [_md_row(r) for r in table_rows(results)]
-    comparison = [(name, dtype, res["clip_comparison"][dtype], res["clip_comparison"]["flop_ratio"])
-                  for name, res in results["configs"].items() for dtype in DTYPES
-                  if dtype in res.get("clip_comparison", {})]  # fmt: skip
-    if comparison:
-        head = ("config", "dtype", "ViL-Seg step s", "CLIP step s", "time ViL-Seg / CLIP", "FLOPs ViL-Seg / CLIP")
-        lines += ["", _md_row(head), _md_row(("---",) * len(head))]
-        lines += [_md_row((name, dtype, f"{c['vilseg_step_s']:.3f}", f"{c['clip_step_s']:.3f}", f"{c['time_ratio']:.2f}",
-                           f"{ratio:.2f}")) for name, dtype, c, ratio in comparison]  # fmt: skip
+    lines += clip_comparison_rows(results)
     lines += ["", _md_row(("target", "measured", "threshold", "met")), _md_row(("---",) * 4)]
     for t in results["targets"]:
         lines.append(_md_row((t["name"], f"{t['measured']:.3f}", f"{t['comparison']} {t['threshold']}",
                               "yes" if t["met"] else "**no**")))  # fmt: skip
     return "\n".join(lines)
+
+
+def clip_comparison_rows(results: Dict) -> List[str]:
+    """Markdown rows: ViL-Seg's and open_clip CLIP's step times and FLOPs, per config and dtype."""
+    head = ("config", "dtype", "ViL-Seg step s", "CLIP step s", "time ratio", "FLOP ratio")
+    rows = []
+    for name, res in results["configs"].items():
+        comparison = res.get("clip_comparison", {})
+        for dtype in (d for d in DTYPES if d in comparison):
+            c = comparison[dtype]
+            seconds = (f"{c['vilseg_step_s']:.3f}", f"{c['clip_step_s']:.3f}")
+            ratios = (f"{c['time_ratio']:.2f}", f"{comparison['flop_ratio']:.2f}")
+            rows.append(_md_row((name, dtype, *seconds, *ratios)))
+    return ["", _md_row(head), _md_row(("---",) * len(head))] + rows if rows else []
 
 
 def _md_row(cells: Sequence[str]) -> str:
