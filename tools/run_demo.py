@@ -6,7 +6,7 @@
 2. trains the tiny ViL-Seg (configs/vilseg_tiny.yaml) on its captions (bf16 autocast; log with
    ETA; re-running resumes or reuses the finished model);
 3. evaluates it on ``synthetic_sem_seg_val`` with SemSegEvaluator in the three inference modes
-   (online = the paper, K-means, dense "CLIP + Seg"), each with the background rules
+   (online = the paper, K-means, dense per-pixel matching), each with the background rules
    (``MODEL.VILSEG.BG_THRESHOLD``, ``BG_GLOBAL_SIMILARITY``) that scored best on a second,
    held-out synthetic world (seed 1; its masks are never the reported ones);
 4. with ``--ablation``, trains and evaluates the paper's Table 2 ablations: the same model

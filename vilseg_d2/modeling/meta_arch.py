@@ -14,6 +14,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_sem_seg_head
 from torch import nn
 
+from ..data.datasets.register_sem_seg import class_prompts
 from .backbone.clip_vit import D2OpenCLIPViT
 from .criterion import ViLSegCriterion, current_storage
 from .inputs import inference_image
@@ -51,8 +52,8 @@ class ViLSeg(nn.Module):
     iteration; a weight of 0 drops the loss and skips its computation.
 
     Inference input: Detectron2's usual dicts (``image`` 3 x H x W, optional ``height``/``width``)
-    plus optionally ``vocabulary`` (list of class names) or ``dataset_name`` (its metadata's
-    ``stuff_classes``); otherwise the model's default vocabulary (:meth:`set_vocabulary`).
+    plus optionally ``vocabulary`` (list of class names) or ``dataset_name`` (its classes, as
+    their ``prompt_names``); otherwise the model's default vocabulary (:meth:`set_vocabulary`).
     Grayscale images (1 x H x W or H x W) are repeated to 3 channels, ``torch.uint16`` images
     scaled to 0-255; any size works (images smaller than a patch are padded to it); other
     shapes, 4 channels and values above 255 raise a ``ValueError`` saying what to pass.
@@ -171,9 +172,7 @@ class ViLSeg(nn.Module):
                     f"INPUT.VILSEG.{key}={size} is not a multiple of the backbone's patch size "
                     f"{patch}; use e.g. {max(patch, round(size / patch) * patch)}."
                 )
-        vocabulary = None
-        if cfg.DATASETS.TEST:
-            vocabulary = MetadataCatalog.get(cfg.DATASETS.TEST[0]).get("stuff_classes", None)
+        vocabulary = _dataset_vocabulary(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None
         v = cfg.MODEL.VILSEG
         text_encoder = ViLSegTextEncoder(cfg)
         init_logit_scale = v.INIT_LOGIT_SCALE
@@ -400,10 +399,9 @@ class ViLSeg(nn.Module):
     def _vocabulary(self, x: Dict) -> List[str]:
         if x.get("vocabulary"):
             return list(x["vocabulary"])
-        if x.get("dataset_name"):
-            classes = MetadataCatalog.get(x["dataset_name"]).get("stuff_classes", None)
-            if classes:
-                return list(classes)
+        classes = _dataset_vocabulary(x["dataset_name"]) if x.get("dataset_name") else None
+        if classes:
+            return classes
         if self.vocabulary:
             return self.vocabulary
         raise ValueError(
@@ -416,3 +414,11 @@ def _storage_iteration() -> int:
     """The iteration of the current Detectron2 EventStorage (the trainer's ``iter``), else 0."""
     storage = current_storage()
     return 0 if storage is None else int(storage.iter)
+
+
+def _dataset_vocabulary(dataset_name: str) -> Optional[List[str]]:
+    """A registered dataset's classes as the text encoder should read them (their
+    ``prompt_names``, e.g. "concrete wall" for "wall-concrete"), or None without classes."""
+    if not MetadataCatalog.get(dataset_name).get("stuff_classes", None):
+        return None
+    return list(class_prompts(dataset_name).values())

@@ -97,7 +97,9 @@ def resolve_pretrained(
             f"network access (e.g. open_clip.create_model({model_name!r}, "
             f"pretrained={pretrained!r})) and pass the file instead: "
             "MODEL.OPEN_CLIP.PRETRAINED /path/to/checkpoint.bin (or set MODEL.OPEN_CLIP.CACHE_DIR "
-            "to the cache)."
+            "to the cache). A file carries no tag: for weights trained with QuickGELU (OpenAI's) "
+            "name the matching architecture, e.g. MODEL.OPEN_CLIP.MODEL_NAME ViT-B-16-quickgelu, "
+            "or use the cache."
         )
     logger.info(f"Downloading open_clip weights {model_name}/{pretrained} ...")
     return open_clip.download_pretrained(tag_cfg, cache_dir=cache_dir or None), tag_cfg
