@@ -2,9 +2,10 @@
 
 The three modes (``online``: the clustering head, the paper; ``kmeans``: per-image K-means, the
 paper's offline baseline; ``dense``: per-pixel matching, which on pretrained CLIP towers is the
-paper's "CLIP + Seg"), region pooling, the background rules, sliding windows and mask refinement. It holds settings only: the networks it
-needs come in a :class:`PixelEncoder` at each call, so it can also segment embeddings computed
-elsewhere (:meth:`ViLSegSegmenter.embedding_regions` + :meth:`ViLSegSegmenter.score`).
+paper's "CLIP + Seg"), region pooling, the background rules, sliding windows and mask refinement.
+It holds settings only: the networks it needs come in a :class:`PixelEncoder` at each call, so it
+can also segment embeddings computed elsewhere (:meth:`ViLSegSegmenter.embedding_regions` +
+:meth:`ViLSegSegmenter.score`).
 """
 
 from __future__ import annotations
