@@ -1,4 +1,5 @@
-"""tools/benchmark.py in its seconds-long tiny mode: the JSON's structure, never its speeds."""
+"""tools/benchmark.py in its seconds-long tiny mode: the JSON's structure, never its speeds; and
+the plan and the targets of vilseg_d2.benchmark on hand-made inputs."""
 
 import json
 import math
@@ -7,6 +8,10 @@ import subprocess
 import sys
 
 import pytest
+
+from vilseg_d2.benchmark.plan import Profile
+from vilseg_d2.benchmark.report import config_targets
+from vilseg_d2.benchmark.worker import worker_jobs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODES = ("backbone", "online", "kmeans", "dense")
@@ -25,7 +30,15 @@ def _check_measurement(m, rate_key):
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
-    cmd = [sys.executable, os.path.join(REPO, "tools", "benchmark.py"), "--tiny", "--threads", "1", "--output", str(out)]
+    cmd = [
+        sys.executable,
+        os.path.join(REPO, "tools", "benchmark.py"),
+        "--tiny",
+        "--threads",
+        "1",
+        "--output",
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| target |" in proc.stdout  # the readable table
@@ -58,7 +71,9 @@ def test_inference_vocabulary_and_sizes(results):
     assert len(windowed) == 2 and {m["stride"] for m in windowed} == set(res["profile"]["strides"])
     for m in sizes.values():
         _check_measurement(m, "images_per_s")
-        assert _positive(m["time_over_area_proportional"]) and m["pixels"] == m["height"] * m["width"]
+        assert (
+            _positive(m["time_over_area_proportional"]) and m["pixels"] == m["height"] * m["width"]
+        )
 
 
 def test_training_and_memory(results):
@@ -98,7 +113,11 @@ def test_targets(results):
         assert set(t) >= {"name", "measured", "threshold", "comparison", "met", "description"}
         assert _positive(t["measured"]) and _positive(t["threshold"])
         assert isinstance(t["met"], bool) and t["comparison"] in ("<=", ">=")
-        assert t["met"] == (t["measured"] <= t["threshold"] if t["comparison"] == "<=" else t["measured"] >= t["threshold"])
+        assert t["met"] == (
+            t["measured"] <= t["threshold"]
+            if t["comparison"] == "<="
+            else t["measured"] >= t["threshold"]
+        )
 
 
 def test_clip_step_comparison(results):
@@ -116,3 +135,44 @@ def test_clip_step_comparison(results):
         assert c["clip_step_s"] == clip["median_s"]
         assert c["vilseg_step_s"] == res["training"][f"train_{dtype}"]["median_s"]
         assert c["time_ratio"] == c["vilseg_step_s"] / c["clip_step_s"]
+
+
+def test_schedule_and_worker_jobs():
+    profile = Profile(
+        name="x",
+        config_file="x.yaml",
+        base_size=64,
+        sizes=((64, 64),),
+        large_size=(128, 256),
+        window=64,
+        strides=(64, 48),
+        consumption_batch=16,
+        caps={"train_fp32": (0, 1)},
+        warmup=1,
+        reps=3,
+    )
+    assert profile.schedule() == (1, 3) and profile.schedule("train_fp32") == (0, 1)
+    jobs = {j["name"]: j for j in worker_jobs(profile)}
+    assert list(jobs) == [
+        "inference_fp32",
+        "inference_bf16",
+        "train_fp32",
+        "train_bf16",
+        "clip_train_fp32",
+        "clip_train_bf16",
+        "train_bf16_batch16",
+    ]
+    assert jobs["train_fp32"]["reps"] == 1 and jobs["clip_train_fp32"]["warmup"] == 0
+    assert jobs["train_bf16_batch16"]["batch"] == 16 and jobs["train_bf16"]["batch"] == 8
+
+
+def test_config_targets_only_what_was_measured():
+    inference = {"backbone": 1.0, "online": 1.05, "kmeans": 2.0}
+    res = {
+        "profile": {"base_size": 64, "vocab_sizes": [21, 1000], "window": 64},
+        "inference": {"fp32": {k: {"median_s": v} for k, v in inference.items()}},
+    }
+    targets = {t["name"]: t for t in config_targets("x", res)}
+    assert set(targets) == {"x/online_over_backbone_fp32", "x/online_speedup_over_kmeans_fp32"}
+    assert targets["x/online_over_backbone_fp32"]["met"] is True
+    assert targets["x/online_speedup_over_kmeans_fp32"]["measured"] == 2.0 / 1.05

@@ -1,6 +1,7 @@
 """Model analysis: parameters, FLOPs, activations, training memory, and GPU run planning.
 
-Used by ``tools/analyze_model.py`` and ``tools/benchmark.py``; not imported by ``vilseg_d2``.
+Used by ``tools/analyze_model.py`` and :mod:`vilseg_d2.benchmark` (``tools/benchmark.py``); not
+imported by ``vilseg_d2``.
 """
 
 from .clip_reference import ClipTrainingModel, clip_samples

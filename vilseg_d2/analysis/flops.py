@@ -72,7 +72,15 @@ def _native_mha_activations(inputs: List[Any], outputs: List[Any]) -> int:
     return 5 * math.prod(get_shape(inputs[0]))
 
 
+def _matmul_flops(inputs: List[Any], outputs: List[Any]) -> int:
+    """aten::matmul of any ranks (fvcore's handle takes matrices only; the background rule's
+    region-by-image similarity is a matrix times a vector): the output's elements times the
+    contracted size."""
+    return math.prod(get_shape(outputs[0])) * get_shape(inputs[0])[-1]
+
+
 FLOP_HANDLES = {
+    "aten::matmul": _matmul_flops,
     "aten::scaled_dot_product_attention": _attention_flops,
     "aten::_native_multi_head_attention": _native_mha_flops,
 }

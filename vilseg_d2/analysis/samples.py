@@ -16,8 +16,9 @@ __all__ = [
     "training_storage",
 ]
 
-# The inference input's vocabulary: 21 classes, as PASCAL VOC (one prompt each).
-DEFAULT_VOCABULARY = tuple(f"class {i}" for i in range(21))
+# The inference input's vocabulary: 21 classes, as PASCAL VOC (one prompt each), "background"
+# first, as configs with background rules need.
+DEFAULT_VOCABULARY = ("background",) + tuple(f"class {i}" for i in range(1, 21))
 
 
 def random_image(
