@@ -14,18 +14,36 @@ Output under pascal_context/:
 
 Needs scipy (``pip install scipy``) to read the .mat files.
 
+The split is checked before and after: val.txt must list 5105 ids, each with its JPEG and .mat,
+and each output folder must end up with exactly those files; otherwise the script names the short
+file or folder and exits with status 1.
+
 Usage: python datasets/prepare_pascal_context.py [--root $DETECTRON2_DATASETS] [--workers N]
+           [--labels labels.txt] [--expected-images 5105]
 """
 
-import argparse
 import functools
 import os
 import re
+import sys
 
 import numpy as np
 
-from vilseg_d2.data.datasets.prepare_utils import link_or_copy, read_ids, run_tasks, write_label_png
+from vilseg_d2.data.datasets.prepare_utils import (
+    check_inputs,
+    check_outputs,
+    check_split_size,
+    link_or_copy,
+    prepare_parser,
+    read_ids,
+    run_script,
+    run_tasks,
+    write_label_png,
+)
 from vilseg_d2.data.datasets.register_pascal_context import PASCAL_CONTEXT_59_CLASSES
+
+# Images of the official PASCAL Context val split (VOC2010 ImageSets/Main/val.txt).
+VAL_IMAGES = 5105
 
 
 def _norm(name: str) -> str:
@@ -95,22 +113,50 @@ def convert_one(image_id: str, base: str, lut59: np.ndarray, lut60: np.ndarray) 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", default=os.getenv("DETECTRON2_DATASETS", "datasets"))
+    """Convert the val split; returns its number of images.
+
+    Raises:
+        SplitCheckError: val.txt does not list ``--expected-images`` ids, an id has no JPEG or
+            .mat, or an output folder does not end up with exactly the split's files.
+    """
+    parser = prepare_parser(__doc__, VAL_IMAGES)
     parser.add_argument(
         "--labels", default=None, help="labels.txt (default pascal_context/labels.txt)"
     )
-    parser.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8))
     args = parser.parse_args(argv)
     base = os.path.join(args.root, "pascal_context")
     label_names = read_label_names(args.labels or os.path.join(base, "labels.txt"))
     lut59, lut60 = build_luts(context59_ids(label_names), max(label_names))
-    ids = read_ids(os.path.join(base, "VOCdevkit", "VOC2010", "ImageSets", "Main", "val.txt"))
+    voc = os.path.join(base, "VOCdevkit", "VOC2010")
+    val_txt = os.path.join(voc, "ImageSets", "Main", "val.txt")
+    ids = read_ids(val_txt)
+    listing, voc_fix = f"{val_txt} lists", f"extract VOCtrainval_03-May-2010.tar again in {base}"
+    check_split_size(ids, args.expected_images, listing=listing, fix=voc_fix)
+    check_inputs(
+        ids, os.path.join(voc, "JPEGImages"), ".jpg", what="JPEG", listing=listing, fix=voc_fix
+    )
+    check_inputs(
+        ids,
+        os.path.join(base, "trainval"),
+        ".mat",
+        what=".mat label map",
+        listing=listing,
+        fix=f"extract PASCAL Context's trainval.tar.gz again in {base}",
+    )
     fn = functools.partial(convert_one, base=base, lut59=lut59, lut60=lut60)
     run_tasks(fn, ids, workers=args.workers, desc="PASCAL Context val")
+    ann = os.path.join(base, "annotations_detectron2")
+    check_outputs(
+        ids,
+        [
+            (os.path.join(base, "images_detectron2", "val"), ".jpg"),
+            (os.path.join(ann, "pc59_val"), ".png"),
+            (os.path.join(ann, "pc60_val"), ".png"),
+        ],
+    )
     print(f"Wrote {len(ids)} images and masks under {base}")
     return len(ids)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -3,6 +3,7 @@ members on demand), caption manifests, and miniature copies of the evaluation ar
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -128,6 +129,23 @@ def write_images(folder: str, n: int, *, size: int = 32, ext: str = "jpg") -> li
 
 
 # ----------------------------------------------------------------- evaluation archive layouts
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# The miniature archives below have 3 val images each: the prepare scripts' arguments for them
+# (in this process, with the split size of the miniature).
+PREPARE_ARGS = ["--workers", "0", "--expected-images", "3"]
+
+
+def load_prepare_script(name: str):
+    """The module of ``datasets/<name>.py`` (a script, not a package module)."""
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(REPO, "datasets", name + ".py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _palette_png(path: str, label: np.ndarray) -> None:

@@ -1,16 +1,18 @@
 """Evaluation datasets: prepare scripts on miniature copies of the official archives, then the
-registered loaders and metadata, and the prompt names the evaluation vocabulary gives the model."""
+registered loaders and metadata, the errors for a misspelt or unprepared dataset, and the prompt
+names the evaluation vocabulary gives the model."""
 
-import importlib.util
 import os
 
 import numpy as np
 import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.modeling import build_model
 from PIL import Image
 
-from vilseg_d2.data.datasets import register_all
+from vilseg_d2.data.build import CaptionDatasetNotRegisteredError
+from vilseg_d2.data.datasets import register_all, register_synthetic_world
 from vilseg_d2.data.datasets.register_coco_stuff import (
     COCO_STUFF_CLASSES,
     COCO_STUFF_PROMPT_NAMES,
@@ -19,29 +21,28 @@ from vilseg_d2.data.datasets.register_coco_stuff import (
 )
 from vilseg_d2.data.datasets.register_pascal_context import register_pascal_context
 from vilseg_d2.data.datasets.register_sem_seg import (
+    DatasetNotRegisteredError,
+    SemSegDatasetNotPreparedError,
     class_prompt_names,
     class_prompts,
     register_sem_seg_dataset,
     remove_if_registered,
+    require_sem_seg_dataset,
+    sem_seg_dataset_names,
 )
 from vilseg_d2.data.datasets.register_voc import register_voc_2012
-from vilseg_d2.engine import eval_classes, eval_vocabulary
+from vilseg_d2.engine import ViLSegTrainer, eval_classes, eval_vocabulary
 from vilseg_d2.evaluation import ViLSegSemSegEvaluator
 from vilseg_d2.modeling import duplicate_classes
 
-from data_fixtures import make_coco_stuff, make_pascal_context, make_voc2012
+from data_fixtures import (
+    PREPARE_ARGS,
+    load_prepare_script,
+    make_coco_stuff,
+    make_pascal_context,
+    make_voc2012,
+)
 from helpers import tiny_cfg
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(
-        name, os.path.join(REPO, "datasets", name + ".py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(autouse=True)
@@ -95,7 +96,10 @@ def test_registered_names_and_unseen_classes():
 
 def test_voc_prepare_and_load(tmp_path):
     masks = make_voc2012(str(tmp_path))
-    assert load_script("prepare_voc_sem_seg").main(["--root", str(tmp_path), "--workers", "0"]) == 3
+    assert (
+        load_prepare_script("prepare_voc_sem_seg").main(PREPARE_ARGS + ["--root", str(tmp_path)])
+        == 3
+    )
     register_voc_2012(str(tmp_path))
     recs = DatasetCatalog.get("voc_2012_sem_seg_val")
     assert len(recs) == 3  # the train image is not in val
@@ -116,7 +120,8 @@ def test_pascal_context_prepare_and_load(tmp_path):
     pytest.importorskip("scipy")
     maps, name_to_id = make_pascal_context(str(tmp_path))
     assert (
-        load_script("prepare_pascal_context").main(["--root", str(tmp_path), "--workers", "0"]) == 3
+        load_prepare_script("prepare_pascal_context").main(PREPARE_ARGS + ["--root", str(tmp_path)])
+        == 3
     )
     register_pascal_context(str(tmp_path))
     from vilseg_d2.data.datasets.register_pascal_context import PASCAL_CONTEXT_59_CLASSES
@@ -142,7 +147,9 @@ def test_pascal_context_prepare_and_load(tmp_path):
 def test_coco_stuff_prepare_and_load(tmp_path):
     maps = make_coco_stuff(str(tmp_path))
     assert (
-        load_script("prepare_coco_stuff_164k").main(["--root", str(tmp_path), "--workers", "0"])
+        load_prepare_script("prepare_coco_stuff_164k").main(
+            PREPARE_ARGS + ["--root", str(tmp_path)]
+        )
         == 3
     )
     register_coco_stuff_164k(str(tmp_path))
@@ -166,14 +173,126 @@ def test_coco_stuff_prepare_and_load(tmp_path):
 
 def test_prepare_errors_are_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="val.txt"):
-        load_script("prepare_voc_sem_seg").main(["--root", str(tmp_path), "--workers", "0"])
+        load_prepare_script("prepare_voc_sem_seg").main(["--root", str(tmp_path), "--workers", "0"])
     with pytest.raises(FileNotFoundError, match="stuffthingmaps"):
-        load_script("prepare_coco_stuff_164k").main(["--root", str(tmp_path), "--workers", "0"])
+        load_prepare_script("prepare_coco_stuff_164k").main(
+            ["--root", str(tmp_path), "--workers", "0"]
+        )
     labels = tmp_path / "labels.txt"
     labels.write_text("1: accordion\n2: aeroplane\n")
-    pc = load_script("prepare_pascal_context")
+    pc = load_prepare_script("prepare_pascal_context")
     with pytest.raises(ValueError, match="lacks the PASCAL Context classes"):
         pc.context59_ids(pc.read_label_names(str(labels)))
+
+
+# A misspelt name of DATASETS.TEST, and a registered dataset whose files were never prepared.
+
+MISSPELT = "voc_2012_sem_seg_vall"
+
+
+def test_misspelt_test_dataset_is_named_with_close_matches_wherever_it_is_used():
+    cfg = tiny_cfg(DATASETS__TEST=("voc_2012_sem_seg_val", MISSPELT))
+    entry_points = {
+        "eval_classes": lambda: eval_classes(cfg, MISSPELT),
+        "eval_vocabulary": lambda: eval_vocabulary(cfg, MISSPELT),
+        "build_test_loader": lambda: ViLSegTrainer.build_test_loader(cfg, MISSPELT),
+        "build_evaluator": lambda: ViLSegTrainer.build_evaluator(cfg, MISSPELT),
+        # all of DATASETS.TEST is checked before the first dataset is evaluated
+        "test": lambda: ViLSegTrainer.test(cfg, model=None),
+        # the model's default vocabulary (DATASETS.TEST[0]), before anything is built
+        "model": lambda: build_model(tiny_cfg(DATASETS__TEST=(MISSPELT,))),
+    }
+    for where, call in entry_points.items():
+        with pytest.raises(DatasetNotRegisteredError) as e:
+            call()
+        message = str(e.value)  # the message itself, not a KeyError's repr
+        assert message.startswith(f"Dataset '{MISSPELT}' is not registered"), where
+        assert "Did you mean 'voc_2012_sem_seg_val' or 'voc_2012_sem_seg_val_20'" in message
+        assert "register_sem_seg_dataset(name, image_dir=" in message
+        assert "vilseg_d2/data/datasets/register_sem_seg.py" in message
+        assert "datasets/README.md" in message
+    assert MISSPELT not in DatasetCatalog.list() and MISSPELT not in MetadataCatalog.list()
+
+
+def test_unknown_name_without_close_match_lists_the_sem_seg_datasets():
+    with pytest.raises(KeyError) as e:
+        require_sem_seg_dataset("my_own_val")
+    message = str(e.value)
+    assert "Did you mean" not in message
+    for name in SEM_SEG_DATASETS + ["ade20k_sem_seg_val", "synthetic_sem_seg_val"]:
+        assert name in message and name in sem_seg_dataset_names()
+    assert "synthetic_captions_train" not in message  # a caption dataset is not a candidate
+    # The caption loader's error for DATASETS.TRAIN is the same kind.
+    assert issubclass(CaptionDatasetNotRegisteredError, DatasetNotRegisteredError)
+
+
+def test_a_registered_dataset_without_classes_is_not_evaluated():
+    with pytest.raises(ValueError, match="'synthetic_captions_train' is registered but is not a"):
+        eval_classes(tiny_cfg(), "synthetic_captions_train")
+
+
+def test_registration_reads_nothing(tmp_path, monkeypatch):
+    def no_disk(*args, **kwargs):
+        raise AssertionError(f"registration touched the disk: {args}")
+
+    for module, names in [
+        (os, ["listdir", "scandir", "stat"]),
+        (os.path, ["exists", "isdir", "isfile"]),
+    ]:
+        for attr in names:
+            monkeypatch.setattr(module, attr, no_disk)
+    register_all(str(tmp_path / "absent"))
+    monkeypatch.undo()
+    assert MetadataCatalog.get("voc_2012_sem_seg_val").image_root.startswith(str(tmp_path))
+    assert not (tmp_path / "absent").exists()
+
+
+UNPREPARED = [
+    (register_voc_2012, "voc_2012_sem_seg_val", "VOCdevkit/VOC2012/images_detectron2/val",
+     "run `python datasets/prepare_voc_sem_seg.py --root {root}`"),
+    (register_pascal_context, "pascal_context_59_sem_seg_val",
+     "pascal_context/images_detectron2/val",
+     "run `python datasets/prepare_pascal_context.py --root {root}`"),
+    (register_coco_stuff_164k, "coco_stuff_164k_sem_seg_val", "coco/val2017",
+     "run `python datasets/prepare_coco_stuff_164k.py --root {root}`"),
+    (lambda root: register_synthetic_world(os.path.join(root, "synthetic")),
+     "synthetic_sem_seg_val", "synthetic/val/images",
+     "generate it with `python -m vilseg_d2.data.synthetic --out {root}/synthetic`"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("register, name, folder, fix", UNPREPARED)
+def test_unprepared_dataset_names_its_folder_the_script_and_the_root(
+    tmp_path, monkeypatch, register, name, folder, fix
+):
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+    register(str(tmp_path))  # lazy: nothing is read until the dataset is loaded
+    with pytest.raises(SemSegDatasetNotPreparedError) as e:
+        DatasetCatalog.get(name)
+    assert isinstance(e.value, FileNotFoundError)
+    message = str(e.value)
+    assert message.startswith(
+        f"Dataset '{name}' is registered but not prepared: the folder "
+        f"{os.path.join(str(tmp_path), folder)} does not exist; {fix.format(root=tmp_path)}"
+    )
+    assert f"The dataset root is $DETECTRON2_DATASETS (now '{tmp_path}': {tmp_path})" in message
+
+
+def test_unprepared_dataset_says_empty_folder_and_its_other_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "elsewhere"))
+    image_dir = tmp_path / "VOCdevkit" / "VOC2012" / "images_detectron2" / "val"
+    image_dir.mkdir(parents=True)
+    register_voc_2012(str(tmp_path))
+    with pytest.raises(SemSegDatasetNotPreparedError) as e:
+        DatasetCatalog.get("voc_2012_sem_seg_val_20")
+    message = str(e.value)
+    assert (
+        f"the folder {image_dir} is empty; run `python datasets/prepare_voc_sem_seg.py" in message
+    )
+    assert (
+        f"This dataset was registered under {tmp_path}; $DETECTRON2_DATASETS is now "
+        f"'{tmp_path / 'elsewhere'}'" in message
+    )
 
 
 # Prompt names: readable names for the text encoder, metrics keep the dataset's names.

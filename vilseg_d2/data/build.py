@@ -21,6 +21,7 @@ from .caption_datasets import (
 from .caption_mapper import ViLSegCaptionDatasetMapper
 from .caption_stream import CaptionTrainStream, MapStyleCaptionSource, ShardCaptionSource
 from .datasets.register_captions import register_caption_datasets_from_config, require_file
+from .datasets.register_sem_seg import DatasetNotRegisteredError
 from .skip_tracker import SkippedRecordsError
 
 __all__ = ["build_caption_train_loader", "build_caption_source"]
@@ -32,12 +33,8 @@ logger = logging.getLogger(__name__)
 _DEFAULT_SAMPLES_PER_SHARD = 10000
 
 
-class CaptionDatasetNotRegisteredError(KeyError):
-    """A name of ``DATASETS.TRAIN`` that is not registered; printed as its message (a KeyError
-    would print its repr)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
+class CaptionDatasetNotRegisteredError(DatasetNotRegisteredError):
+    """A name of ``DATASETS.TRAIN`` that is not registered (a KeyError printed as its message)."""
 
 
 def _manifest_source(name: str, meta, *, seed: int, max_skip_fraction: float, min_records: int):

@@ -8,7 +8,7 @@ import weakref
 from typing import Dict, List, Optional
 
 import torch
-from detectron2.data import DatasetMapper, MetadataCatalog, build_detection_test_loader
+from detectron2.data import DatasetMapper, build_detection_test_loader
 from detectron2.engine import DefaultTrainer, HookBase, TrainerBase, create_ddp_model, hooks
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
@@ -17,13 +17,19 @@ from detectron2.utils.logger import setup_logger
 from ..data.build import build_caption_train_loader
 from ..data.caption_mapper import ViLSegCaptionDatasetMapper
 from ..data.caption_stream import CaptionTrainStream
-from ..data.datasets.register_sem_seg import class_prompts
+from ..data.datasets.register_sem_seg import class_prompts, require_sem_seg_dataset
 from ..evaluation import ViLSegSemSegEvaluator
 from .checkpoint import ViLSegCheckpointer
 from .optimizer import build_vilseg_optimizer
 from .train_loop import AutocastTrainer
 
-__all__ = ["ViLSegTrainer", "eval_classes", "eval_vocabulary", "training_views"]
+__all__ = [
+    "ViLSegTrainer",
+    "eval_classes",
+    "eval_vocabulary",
+    "require_test_datasets",
+    "training_views",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +45,12 @@ def eval_classes(cfg, dataset_name: str) -> List[str]:
     ignores the pixels of the other classes).
 
     Raises:
-        ValueError: an unknown mode, or "unseen" on a dataset without unseen classes.
+        DatasetNotRegisteredError: ``dataset_name`` is not registered (the message lists close
+            names and says how to register one).
+        ValueError: an unknown mode, "unseen" on a dataset without unseen classes, or a dataset
+            without ``stuff_classes``.
     """
-    meta = MetadataCatalog.get(dataset_name)
+    meta = require_sem_seg_dataset(dataset_name)
     mode = cfg.TEST.VILSEG.VOCABULARY
     if mode == "all":
         return list(meta.stuff_classes)
@@ -62,6 +71,13 @@ def eval_vocabulary(cfg, dataset_name: str) -> List[str]:
     :func:`eval_classes`, in the same order, so that prediction k is class k of the evaluator."""
     prompts = class_prompts(dataset_name)
     return [prompts[c] for c in eval_classes(cfg, dataset_name)]
+
+
+def require_test_datasets(cfg) -> None:
+    """Check every name of ``DATASETS.TEST`` (:func:`require_sem_seg_dataset`) before a run, so
+    that a misspelt or unregistered name stops it at once rather than at its first evaluation."""
+    for name in cfg.DATASETS.TEST:
+        require_sem_seg_dataset(name)
 
 
 def training_views(cfg, iteration: int) -> Dict[str, bool]:
@@ -156,6 +172,7 @@ class ViLSegTrainer(DefaultTrainer):
             )
 
         _warn_if_aux_objectives_never_train(cfg)
+        require_test_datasets(cfg)
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         self._views = training_views(cfg, 0)
@@ -253,6 +270,13 @@ class ViLSegTrainer(DefaultTrainer):
         return build_caption_train_loader(cfg, mapper)
 
     @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """DefaultTrainer.test, after checking all of ``DATASETS.TEST`` (a bad second name would
+        otherwise stop the run only once the first dataset is evaluated)."""
+        require_test_datasets(cfg)
+        return super().test(cfg, model, evaluators)
+
+    @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         return build_detection_test_loader(
             cfg, dataset_name, mapper=_TestMapper(cfg, eval_vocabulary(cfg, dataset_name))
@@ -260,7 +284,7 @@ class ViLSegTrainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder: Optional[str] = None):
-        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "sem_seg")
+        evaluator_type = require_sem_seg_dataset(dataset_name).get("evaluator_type", "sem_seg")
         if evaluator_type != "sem_seg":
             raise ValueError(
                 f"{dataset_name} has evaluator_type {evaluator_type!r}; ViL-Seg evaluates "

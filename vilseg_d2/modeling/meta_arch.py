@@ -10,7 +10,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_sem_seg_head
 from torch import nn
 
@@ -153,6 +152,8 @@ class ViLSeg(nn.Module):
 
     @classmethod
     def from_config(cls, cfg):
+        # First, before any weights are read: a misspelt or unregistered DATASETS.TEST[0].
+        vocabulary = _dataset_vocabulary(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None
         backbone = build_backbone(cfg)
         if not isinstance(backbone, D2OpenCLIPViT):
             raise ValueError(
@@ -172,7 +173,6 @@ class ViLSeg(nn.Module):
                     f"INPUT.VILSEG.{key}={size} is not a multiple of the backbone's patch size "
                     f"{patch}; use e.g. {max(patch, round(size / patch) * patch)}."
                 )
-        vocabulary = _dataset_vocabulary(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None
         v = cfg.MODEL.VILSEG
         text_encoder = ViLSegTextEncoder(cfg)
         init_logit_scale = v.INIT_LOGIT_SCALE
@@ -399,9 +399,8 @@ class ViLSeg(nn.Module):
     def _vocabulary(self, x: Dict) -> List[str]:
         if x.get("vocabulary"):
             return list(x["vocabulary"])
-        classes = _dataset_vocabulary(x["dataset_name"]) if x.get("dataset_name") else None
-        if classes:
-            return classes
+        if x.get("dataset_name"):
+            return _dataset_vocabulary(x["dataset_name"])
         if self.vocabulary:
             return self.vocabulary
         raise ValueError(
@@ -416,9 +415,13 @@ def _storage_iteration() -> int:
     return 0 if storage is None else int(storage.iter)
 
 
-def _dataset_vocabulary(dataset_name: str) -> Optional[List[str]]:
+def _dataset_vocabulary(dataset_name: str) -> List[str]:
     """A registered dataset's classes as the text encoder should read them (their
-    ``prompt_names``, e.g. "concrete wall" for "wall-concrete"), or None without classes."""
-    if not MetadataCatalog.get(dataset_name).get("stuff_classes", None):
-        return None
+    ``prompt_names``, e.g. "concrete wall" for "wall-concrete").
+
+    Raises:
+        DatasetNotRegisteredError, ValueError: ``dataset_name`` is not registered (the message
+            lists close names), or has no ``stuff_classes`` (see
+            :func:`~vilseg_d2.data.datasets.register_sem_seg.require_sem_seg_dataset`).
+    """
     return list(class_prompts(dataset_name).values())

@@ -1,13 +1,16 @@
-"""Helpers of the ``datasets/prepare_*.py`` scripts: label remapping, parallel conversion with a
-progress bar, and linking images into Detectron2's layout."""
+"""Helpers of the ``datasets/prepare_*.py`` scripts: their command line, label remapping,
+parallel conversion with a progress bar, linking images into Detectron2's layout, and the checks
+that a split is whole before and after it is written (:class:`SplitCheckError`)."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import multiprocessing as mp
 import os
 import shutil
-from typing import Callable, Sequence
+import sys
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -20,6 +23,12 @@ __all__ = [
     "link_or_copy",
     "run_tasks",
     "read_ids",
+    "prepare_parser",
+    "SplitCheckError",
+    "check_split_size",
+    "check_inputs",
+    "check_outputs",
+    "run_script",
 ]
 
 logger = logging.getLogger(__name__)
@@ -83,3 +92,102 @@ def run_tasks(fn: Callable, tasks: Sequence, *, workers: int, desc: str) -> None
             pool.imap_unordered(fn, tasks, chunksize=16), total=len(tasks), desc=desc, unit="img"
         ):
             pass
+
+
+class SplitCheckError(RuntimeError):
+    """A split that is not whole: the message names the short file or folder and the fix."""
+
+
+def prepare_parser(doc: str, expected: int) -> argparse.ArgumentParser:
+    """The command line every prepare script shares: ``--root``, ``--workers`` and
+    ``--expected-images``.
+
+    Args:
+        doc: the script's docstring (its first paragraph is the description).
+        expected: the number of images of the official split (the default of
+            ``--expected-images``).
+    """
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--root", default=os.getenv("DETECTRON2_DATASETS", "datasets"))
+    parser.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8))
+    parser.add_argument(
+        "--expected-images",
+        type=int,
+        default=expected,
+        help=f"images the split must have (default {expected}, the official count; 0: any)",
+    )
+    return parser
+
+
+def check_split_size(ids: Sequence[str], expected: int, *, listing: str, fix: str) -> None:
+    """Raise :class:`SplitCheckError` unless ``ids`` has ``expected`` images (0: any number).
+
+    Args:
+        ids: the image ids of the split.
+        expected: the official number of images.
+        listing: what lists them, as the subject of a sentence ("…/val.txt lists").
+        fix: what to do about it.
+    """
+    if expected and len(ids) != expected:
+        raise SplitCheckError(
+            f"{listing} {len(ids)} images, not the {expected} of the official split; {fix} (or "
+            f"pass --expected-images {len(ids)} to prepare this subset on purpose)."
+        )
+
+
+def check_inputs(
+    ids: Sequence[str], folder: str, ext: str, *, what: str, listing: str, fix: str
+) -> None:
+    """Raise :class:`SplitCheckError` if an id of the split has no ``folder/<id><ext>``.
+
+    Args:
+        ids: the image ids of the split.
+        folder, ext: where each id's file must be, and its extension (".jpg").
+        what: the kind of file, for the message ("JPEG").
+        listing: what lists the ids, as the subject of a sentence ("…/val.txt lists").
+        fix: what to do about it.
+    """
+    missing = [i + ext for i in ids if not os.path.isfile(os.path.join(folder, i + ext))]
+    if missing:
+        raise SplitCheckError(
+            f"{listing} {len(ids)} images but {len(missing)} of them have no {what} in "
+            f"{folder}: first missing {', '.join(missing[:3])}; {fix}."
+        )
+
+
+def check_outputs(ids: Iterable[str], outputs: Sequence[tuple[str, str]]) -> None:
+    """Raise :class:`SplitCheckError` unless each output folder holds exactly one file per id.
+
+    Args:
+        ids: the image ids of the split.
+        outputs: ``(folder, extension)`` of every folder the script wrote.
+    """
+    ids = set(ids)
+    for folder, ext in outputs:
+        names = os.listdir(folder) if os.path.isdir(folder) else []
+        written = {n[: -len(ext)] for n in names if n.endswith(ext)}
+        short = sorted(ids - written)
+        if short:
+            raise SplitCheckError(
+                f"{folder} holds {len(ids) - len(short)} of the {len(ids)} {ext} files of the "
+                f"split: first missing {', '.join(s + ext for s in short[:3])}; run the script "
+                f"again."
+            )
+        extra = sorted(written - ids)
+        if extra:
+            raise SplitCheckError(
+                f"{folder} holds {len(extra)} {ext} files that are not in the split (e.g. "
+                f"{extra[0] + ext}), left by an earlier run: delete {folder} and run the script "
+                f"again."
+            )
+
+
+def run_script(main: Callable[[], object]) -> int:
+    """Run a prepare script's ``main`` as a command: 0 on success, 1 with the message on stderr
+    when the inputs or the written split are not whole."""
+    try:
+        main()
+    except (SplitCheckError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0

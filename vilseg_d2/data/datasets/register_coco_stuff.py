@@ -12,7 +12,7 @@ import os
 
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 
-from .register_sem_seg import register_sem_seg_dataset
+from .register_sem_seg import prepare_hint, register_sem_seg_dataset
 
 __all__ = [
     "COCO_STUFF_CATEGORIES",
@@ -98,4 +98,11 @@ def register_coco_stuff_164k(root: str) -> None:
         stuff_classes=COCO_STUFF_CLASSES,
         unseen_classes=COCO_STUFF_UNSEEN_CLASSES,
         prompt_names=COCO_STUFF_PROMPT_NAMES,
+        missing_hint=prepare_hint(
+            "prepare_coco_stuff_164k.py",
+            root,
+            f"val2017.zip is unzipped in {os.path.join(root, 'coco')} and "
+            f"stuffthingmaps_trainval2017.zip into {os.path.join(root, 'coco', 'stuffthingmaps')}",
+        ),
+        root=root,
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from .register_sem_seg import register_sem_seg_dataset
+from .register_sem_seg import prepare_hint, register_sem_seg_dataset
 
 __all__ = ["PASCAL_CONTEXT_59_CLASSES", "PASCAL_CONTEXT_UNSEEN_CLASSES", "register_pascal_context"]
 
@@ -30,6 +30,12 @@ def register_pascal_context(root: str) -> None:
     """Register the two PASCAL Context val variants under ``root`` (``$DETECTRON2_DATASETS``)."""
     base = os.path.join(root, "pascal_context")
     image_dir = os.path.join(base, "images_detectron2", "val")
+    hint = prepare_hint(
+        "prepare_pascal_context.py",
+        root,
+        f"VOCtrainval_03-May-2010.tar and PASCAL Context's trainval.tar.gz are extracted in "
+        f"{base}, with its labels.txt (the script needs scipy)",
+    )
     variants = [
         ("pascal_context_59_sem_seg_val", "pc59_val", PASCAL_CONTEXT_59_CLASSES),
         ("pascal_context_60_sem_seg_val", "pc60_val", ["background"] + PASCAL_CONTEXT_59_CLASSES),
@@ -41,4 +47,6 @@ def register_pascal_context(root: str) -> None:
             gt_dir=os.path.join(base, "annotations_detectron2", ann),
             stuff_classes=classes,
             unseen_classes=PASCAL_CONTEXT_UNSEEN_CLASSES,
+            missing_hint=hint,
+            root=root,
         )

@@ -74,4 +74,5 @@ def register_synthetic_world(root: str | None = None) -> None:
         stuff_colors=STUFF_COLORS,
         loader=lambda: _load_val(root),
         missing_hint=hint,
+        root=os.path.dirname(os.path.abspath(root)),
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from .register_sem_seg import register_sem_seg_dataset
+from .register_sem_seg import prepare_hint, register_sem_seg_dataset
 
 __all__ = ["VOC_CLASSES", "VOC_UNSEEN_CLASSES", "voc_palette", "register_voc_2012"]
 
@@ -42,6 +42,9 @@ def register_voc_2012(root: str) -> None:
     voc = os.path.join(root, "VOCdevkit", "VOC2012")
     image_dir = os.path.join(voc, "images_detectron2", "val")
     palette = voc_palette(21)
+    hint = prepare_hint(
+        "prepare_voc_sem_seg.py", root, f"VOCtrainval_11-May-2012.tar is extracted in {root}"
+    )
     variants = [
         ("voc_2012_sem_seg_val", "annotations_detectron2", ["background"] + VOC_CLASSES, palette),
         ("voc_2012_sem_seg_val_20", "annotations_detectron2_20", VOC_CLASSES, palette[1:]),
@@ -54,4 +57,6 @@ def register_voc_2012(root: str) -> None:
             stuff_classes=classes,
             unseen_classes=VOC_UNSEEN_CLASSES,
             stuff_colors=colors,
+            missing_hint=hint,
+            root=root,
         )
