@@ -15,8 +15,9 @@ def tiny_cfg(**overrides):
 
     The three objectives are coupled as in the paper (no auxiliary warm-up, L_cluster reaching the
     encoder), which the unit tests exercise; the yaml's training schedule is for `make demo`.
-    Inference is the paper's, without the yaml's mask refinement (its tests switch it on). The
-    rest is the yaml's, e.g. the per-image joint distribution of L_cluster (`CLUSTER_JOINT`).
+    Inference is the paper's, without the yaml's mask refinement and background rules (their
+    tests switch them on). The rest is the yaml's, e.g. the per-image joint distribution of
+    L_cluster (`CLUSTER_JOINT`).
     """
     opts = [
         "MODEL.DEVICE",
@@ -29,6 +30,10 @@ def tiny_cfg(**overrides):
         False,
         "MODEL.VILSEG.REFINE_ITERS",
         0,
+        "MODEL.VILSEG.BG_THRESHOLD",
+        0.0,
+        "MODEL.VILSEG.BG_GLOBAL_SIMILARITY",
+        0.0,
     ]
     for k, v in overrides.items():
         opts += [k.replace("__", "."), v]

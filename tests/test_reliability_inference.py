@@ -149,7 +149,9 @@ def demo_argv(inputs, out_dir, *, vocabulary: str | None = "circle; square; star
         if vocabulary_file is None
         else ["--vocabulary-file", str(vocabulary_file)]
     )
-    return argv + ["--opts", "MODEL.DEVICE", "cpu", *opts]
+    # the background rules off unless a test sets them: every class is then matched by its text
+    rules = ["MODEL.VILSEG.BG_THRESHOLD", "0.0", "MODEL.VILSEG.BG_GLOBAL_SIMILARITY", "0.0"]
+    return argv + ["--opts", "MODEL.DEVICE", "cpu", *rules, *opts]
 
 
 @pytest.fixture(scope="module")
