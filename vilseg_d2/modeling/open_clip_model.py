@@ -139,7 +139,8 @@ def create_open_clip_model(
         if quiet:
             root.removeFilter(quiet)
     logger.debug(
-        f"open_clip {model_name}: " + (f"weights {path}" if path else "random initialisation")
+        f"open_clip {model_name}: "
+        + (f"weights {path}" if path else "no pretrained weights (MODEL.OPEN_CLIP.PRETRAINED)")
     )
     return model
 
