@@ -49,7 +49,7 @@ from vilseg_d2.data.image_io import decode_image  # noqa: E402
 from vilseg_d2.data.skip_tracker import BadRecordError  # noqa: E402
 from vilseg_d2.engine import ViLSegPredictor  # noqa: E402
 from vilseg_d2.modeling import duplicate_classes, parse_vocabulary  # noqa: E402
-from vilseg_d2.modeling.meta_arch import BACKGROUND  # noqa: E402
+from vilseg_d2.modeling.vocabulary import BACKGROUND  # noqa: E402
 from vilseg_d2.visualization import segmentation_panels  # noqa: E402
 
 logger = logging.getLogger("vilseg_demo")

@@ -13,29 +13,29 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_sem_seg_head
 from torch import nn
 
-from ..data.datasets.register_sem_seg import class_prompts
-from .backbone.clip_vit import D2OpenCLIPViT
+from .backbone.clip_vit import D2OpenCLIPViT, check_training_backbone
 from .criterion import ViLSegCriterion, current_storage
 from .inputs import inference_image
 from .projection_head import ViLSegProjectionHead
 from .segmenter import PixelEncoder, ViLSegSegmenter
 from .teacher import MomentumTeacher
 from .text_encoder import ViLSegTextEncoder
+from .vocabulary import (
+    background_index,
+    dataset_vocabulary,
+    input_vocabulary,
+    to_vocabulary_order,
+)
 
-__all__ = ["ViLSeg", "BACKGROUND"]
-
-# The class the background rules assign (MODEL.VILSEG.BG_THRESHOLD, BG_GLOBAL_SIMILARITY): a class
-# of the vocabulary with this name, wherever it stands; the other classes are matched by their
-# text.
-BACKGROUND = "background"
+__all__ = ["ViLSeg"]
 
 
-def _segmenter_setting(name: str, doc: str) -> property:
+def _segmenter_setting(name: str) -> property:
     """A model attribute that reads and sets the segmenter's setting ``name``."""
     return property(
         lambda self: getattr(self.segmenter, name),
         lambda self, value: setattr(self.segmenter, name, value),
-        doc=doc,
+        doc=f"The segmenter's ``{name}`` (see :class:`ViLSegSegmenter`).",
     )
 
 
@@ -63,20 +63,6 @@ class ViLSeg(nn.Module):
     """
 
     _version = 2  # 1: DINO's center and a step count were the model's (see _load_from_state_dict)
-
-    inference_mode = _segmenter_setting("mode", '"online", "kmeans" or "dense".')
-    bg_threshold = _segmenter_setting("bg_threshold", "See :class:`ViLSegSegmenter`.")
-    bg_global_similarity = _segmenter_setting(
-        "bg_global_similarity", "See :class:`ViLSegSegmenter`."
-    )
-    sliding_window_size = _segmenter_setting(
-        "window_size", "Sliding-window side (0: whole images)."
-    )
-    sliding_window_stride = _segmenter_setting("window_stride", "Sliding-window stride.")
-    refine_iters = _segmenter_setting("refine_iters", "Mask refinement steps (0: none).")
-    refine_dilations = _segmenter_setting("refine_dilations", "Mask refinement dilations.")
-    kmeans_iters = _segmenter_setting("kmeans_iters", "Lloyd iterations of the K-means mode.")
-    kmeans_seed = _segmenter_setting("kmeans_seed", "Seed of the K-means mode.")
 
     @configurable
     def __init__(
@@ -136,43 +122,18 @@ class ViLSeg(nn.Module):
         # An ablated branch's parameters get no gradient: freeze them (DDP needs every trainable
         # parameter to receive one).
         weights = criterion.weight_dict
-        unused = [
-            part
-            for part, key in (
-                (projection_head, "loss_vision"),
-                (clustering_head, "loss_cluster"),
-                (text_encoder, "loss_cross"),
-            )
-            if weights[key] == 0
-        ]
-        for p in [q for part in unused for q in part.parameters()]:
-            p.requires_grad_(False)
+        for part, key in ((projection_head, "loss_vision"), (clustering_head, "loss_cluster")):
+            part.requires_grad_(weights[key] > 0)
         if weights["loss_cross"] == 0:
+            text_encoder.requires_grad_(False)
             self.logit_scale.requires_grad_(False)
 
     @classmethod
     def from_config(cls, cfg):
         # First, before any weights are read: a misspelt or unregistered DATASETS.TEST[0].
-        vocabulary = _dataset_vocabulary(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None
+        vocabulary = dataset_vocabulary(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None
         backbone = build_backbone(cfg)
-        if not isinstance(backbone, D2OpenCLIPViT):
-            raise ValueError(
-                "ViLSeg needs MODEL.BACKBONE.NAME = 'D2OpenCLIPViT', "
-                f"got {cfg.MODEL.BACKBONE.NAME!r}."
-            )
-        if "emb" not in backbone.output_shape():
-            raise ValueError(
-                "ViLSeg needs the backbone's 'emb' output: include it in "
-                "MODEL.CLIP_VIT.OUT_FEATURES."
-            )
-        patch = backbone.size_divisibility
-        for key in ("GLOBAL_SIZE", "LOCAL_SIZE"):
-            size = cfg.INPUT.VILSEG[key]
-            if size % patch:
-                raise ValueError(
-                    f"INPUT.VILSEG.{key}={size} is not a multiple of the backbone's patch size "
-                    f"{patch}; use e.g. {max(patch, round(size / patch) * patch)}."
-                )
+        check_training_backbone(backbone, cfg)
         v = cfg.MODEL.VILSEG
         text_encoder = ViLSegTextEncoder(cfg)
         init_logit_scale = v.INIT_LOGIT_SCALE
@@ -247,8 +208,8 @@ class ViLSeg(nn.Module):
                 iteration of the current Detectron2 ``EventStorage`` (the trainer's ``iter``),
                 0 outside one.
         """
-        if iteration is None:
-            iteration = _storage_iteration()
+        if iteration is None:  # the trainer's
+            iteration = 0 if current_storage() is None else int(current_storage().iter)
         weights = self.criterion.weights(iteration)
         batch = len(batched_inputs)
         views = [x["image"] for x in batched_inputs]
@@ -271,7 +232,9 @@ class ViLSeg(nn.Module):
                 batched_inputs, tokens["emb"]
             )
         losses = self.criterion(outputs, iteration)
-        self._log_scalars()
+        storage = current_storage()
+        if storage is not None:
+            storage.put_scalar("logit_scale", float(self.scale().detach()), smoothing_hint=False)
         return losses
 
     def _projected_views(
@@ -287,18 +250,13 @@ class ViLSeg(nn.Module):
         num_views = len(batched_inputs[0]["local_crops"])
         if num_views == 0 or any(len(x["local_crops"]) != num_views for x in batched_inputs):
             raise ValueError("Every training input needs the same, non-zero number of local_crops.")
-        crops = [
-            x["local_crops"][v] for v in range(num_views) for x in batched_inputs
-        ]  # view-major
+        # view-major: the V crops of the batch, view after view
+        crops = [x["local_crops"][v] for v in range(num_views) for x in batched_inputs]
         local_emb = self._global_embedding(self.backbone.forward_tokens(self._normalize(crops)))
         student = self.projection_head(local_emb).view(num_views, batch, -1)
         if self.teacher is None:
             return student, self.projection_head(global_emb).detach()
-        with torch.no_grad():
-            teacher_emb = self._global_embedding(
-                self.teacher.backbone.forward_tokens(global_images)
-            )
-            return student, self.teacher.projection_head(teacher_emb)
+        return student, self.teacher(global_images, self._global_embedding)
 
     def _cluster_views(
         self, batched_inputs: List[Dict], emb: torch.Tensor
@@ -316,11 +274,6 @@ class ViLSeg(nn.Module):
         flips = torch.tensor([bool(x["flip"]) for x in batched_inputs], device=probs.device)
         return p, torch.where(flips.view(-1, 1, 1, 1), p_tf.flip(-1), p_tf)
 
-    def _log_scalars(self) -> None:
-        storage = current_storage()
-        if storage is not None:
-            storage.put_scalar("logit_scale", float(self.scale().detach()), smoothing_hint=False)
-
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     ):
@@ -335,9 +288,12 @@ class ViLSeg(nn.Module):
         if self.teacher is not None and not any(
             k.startswith(prefix + "teacher.") for k in state_dict
         ):
-            for part in ("backbone.", "projection_head."):
-                for key in [k for k in state_dict if k.startswith(prefix + part)]:
-                    state_dict[prefix + "teacher." + key[len(prefix) :]] = state_dict[key]
+            for key in [
+                k
+                for k in state_dict
+                if k.startswith((prefix + "backbone.", prefix + "projection_head."))
+            ]:
+                state_dict[prefix + "teacher." + key[len(prefix) :]] = state_dict[key]
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
@@ -357,71 +313,30 @@ class ViLSeg(nn.Module):
         )
         results = []
         for x in batched_inputs:
-            vocab = self._vocabulary(x)
-            background = self._background_index(vocab)
-            named = vocab if background is None else vocab[:background] + vocab[background + 1 :]
+            vocab = input_vocabulary(x, self.vocabulary)
+            background = background_index(vocab, self.segmenter)
+            named = [c for i, c in enumerate(vocab) if i != background]
             text = self.text_encoder.class_embeddings(named)
             image = self._normalize([inference_image(x["image"])])[0]  # 3 x H x W
             H, W = image.shape[-2:]
-            sem_seg, clusters = self.segmenter.segment(
-                image, text, encoder, (x.get("height", H), x.get("width", W))
+            size = (x.get("height", H), x.get("width", W))
+            sem_seg, clusters = self.segmenter.segment(image, text, encoder, size)
+            results.append(
+                {"sem_seg": to_vocabulary_order(sem_seg, background), "clusters": clusters}
             )
-            if (
-                background
-            ):  # the segmenter puts the background first: back to the vocabulary's order
-                order = (
-                    list(range(1, background + 1)) + [0] + list(range(background + 1, len(vocab)))
-                )
-                sem_seg = sem_seg[order]
-            results.append({"sem_seg": sem_seg, "clusters": clusters})
         return results
 
-    def _background_index(self, vocabulary: List[str]) -> Optional[int]:
-        """With the background rules on, the position of the class named "background" in the
-        vocabulary (found by the rules, not by its text); None with the rules off.
 
-        Raises:
-            ValueError: the rules are on and no class is named "background".
-        """
-        if not self.has_background:
-            return None
-        names = [c.strip().lower() for c in vocabulary]
-        if BACKGROUND not in names:
-            raise ValueError(
-                f"The background rules are on (MODEL.VILSEG.BG_THRESHOLD {self.bg_threshold}, "
-                f"BG_GLOBAL_SIMILARITY {self.bg_global_similarity}) but the vocabulary "
-                f"{vocabulary} names no {BACKGROUND!r} class, which they would assign. "
-                f"Add {BACKGROUND!r} to the vocabulary, or set both to 0 to match every class by "
-                "text."
-            )
-        return names.index(BACKGROUND)
-
-    def _vocabulary(self, x: Dict) -> List[str]:
-        if x.get("vocabulary"):
-            return list(x["vocabulary"])
-        if x.get("dataset_name"):
-            return _dataset_vocabulary(x["dataset_name"])
-        if self.vocabulary:
-            return self.vocabulary
-        raise ValueError(
-            "No vocabulary: give the input a 'vocabulary' list, a 'dataset_name' with "
-            "stuff_classes, or call model.set_vocabulary([...]) / set DATASETS.TEST."
-        )
-
-
-def _storage_iteration() -> int:
-    """The iteration of the current Detectron2 EventStorage (the trainer's ``iter``), else 0."""
-    storage = current_storage()
-    return 0 if storage is None else int(storage.iter)
-
-
-def _dataset_vocabulary(dataset_name: str) -> List[str]:
-    """A registered dataset's classes as the text encoder should read them (their
-    ``prompt_names``, e.g. "concrete wall" for "wall-concrete").
-
-    Raises:
-        DatasetNotRegisteredError, ValueError: ``dataset_name`` is not registered (the message
-            lists close names), or has no ``stuff_classes`` (see
-            :func:`~vilseg_d2.data.datasets.register_sem_seg.require_sem_seg_dataset`).
-    """
-    return list(class_prompts(dataset_name).values())
+# The inference settings, read and set on the model as on its segmenter (model.bg_threshold = 0.9).
+for _name, _setting in (
+    ("inference_mode", "mode"),
+    ("bg_threshold", "bg_threshold"),
+    ("bg_global_similarity", "bg_global_similarity"),
+    ("sliding_window_size", "window_size"),
+    ("sliding_window_stride", "window_stride"),
+    ("refine_iters", "refine_iters"),
+    ("refine_dilations", "refine_dilations"),
+    ("kmeans_iters", "kmeans_iters"),
+    ("kmeans_seed", "kmeans_seed"),
+):
+    setattr(ViLSeg, _name, _segmenter_setting(_setting))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Optional
+from typing import Callable, Dict, Optional
 
 import torch
 from torch import nn
@@ -68,6 +68,19 @@ class MomentumTeacher(nn.Module):
             start_iter=int(v.AUX_WARMUP_ITERS[0]),
             max_iter=cfg.SOLVER.MAX_ITER,
         )
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, pool: Callable[[Dict], torch.Tensor]) -> torch.Tensor:
+        """The teacher logits of the global views.
+
+        Args:
+            images: B x 3 x S x S normalised global views.
+            pool: the backbone's token dict -> B x D global embeddings (the model's e_v).
+
+        Returns:
+            B x P logits of Phi_a, without gradient.
+        """
+        return self.projection_head(pool(self.backbone.forward_tokens(images)))
 
     def momentum(self, iteration: int) -> float:
         """The EMA momentum of the update after training step ``iteration`` (0 = copy)."""

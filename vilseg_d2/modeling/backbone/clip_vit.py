@@ -284,3 +284,26 @@ class D2OpenCLIPViTPyramid(SimpleFeaturePyramid):
             "top_block": cfg.MODEL.CLIP_VIT_PYRAMID.TOP_BLOCK,
             "norm": cfg.MODEL.CLIP_VIT_PYRAMID.NORM,
         }
+
+
+def check_training_backbone(backbone: Backbone, cfg) -> None:
+    """Raise a ``ValueError`` saying what to change unless ``backbone`` can train ViL-Seg with
+    ``cfg``'s views: a :class:`D2OpenCLIPViT` with the ``emb`` output, and view sizes
+    (``INPUT.VILSEG.GLOBAL_SIZE`` / ``LOCAL_SIZE``) that are multiples of its patch."""
+    if not isinstance(backbone, D2OpenCLIPViT):
+        raise ValueError(
+            "ViLSeg needs MODEL.BACKBONE.NAME = 'D2OpenCLIPViT', "
+            f"got {cfg.MODEL.BACKBONE.NAME!r}."
+        )
+    if "emb" not in backbone.output_shape():
+        raise ValueError(
+            "ViLSeg needs the backbone's 'emb' output: include it in MODEL.CLIP_VIT.OUT_FEATURES."
+        )
+    patch = backbone.size_divisibility
+    for key in ("GLOBAL_SIZE", "LOCAL_SIZE"):
+        size = cfg.INPUT.VILSEG[key]
+        if size % patch:
+            raise ValueError(
+                f"INPUT.VILSEG.{key}={size} is not a multiple of the backbone's patch size "
+                f"{patch}; use e.g. {max(patch, round(size / patch) * patch)}."
+            )
