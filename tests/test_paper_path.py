@@ -14,9 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vilseg_d2.data.synthetic import generate_synthetic_world
-
-from train_runs import TINY_CONFIG, TRAIN_NET, kill_after_checkpoint, metrics, run
+from train_runs import TINY_CONFIG, TRAIN_NET, kill_after_checkpoint, metrics, run, synthetic_root
 
 MAX_ITER = 5
 CHECKPOINT_PERIOD = 2  # checkpoints after iterations 1 and 3, model_final after 4
@@ -31,11 +29,7 @@ PAPER_PATH = (
 
 @pytest.fixture(scope="module")
 def datasets_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("d2data_paper_path")
-    generate_synthetic_world(
-        str(root / "synthetic"), num_train=40, num_val=0, seed=0, num_workers=0
-    )
-    return root
+    return synthetic_root(tmp_path_factory, "d2data_paper_path")
 
 
 def _free_port() -> int:

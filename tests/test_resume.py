@@ -20,9 +20,8 @@ from vilseg_d2.data.caption_stream import (
     MapStyleCaptionSource,
     ShardCaptionSource,
 )
-from vilseg_d2.data.synthetic import generate_synthetic_world
 
-from train_runs import kill_after_checkpoint, metrics, run
+from train_runs import kill_after_checkpoint, metrics, run, synthetic_root
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_ITER = 8
@@ -32,11 +31,7 @@ LOSSES = ("total_loss", "loss_vision", "loss_cross", "loss_cluster")
 
 @pytest.fixture(scope="module")
 def datasets_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("d2data_resume")
-    generate_synthetic_world(
-        str(root / "synthetic"), num_train=40, num_val=0, seed=0, num_workers=0
-    )
-    return root
+    return synthetic_root(tmp_path_factory, "d2data_resume")
 
 
 def command(out_dir: Path, *extra: str) -> list[str]:

@@ -13,6 +13,8 @@ from typing import Sequence
 
 import pytest
 
+from vilseg_d2.data.synthetic import generate_synthetic_world
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_NET = os.path.join(ROOT, "tools", "train_net.py")
 TINY_CONFIG = os.path.join(ROOT, "configs", "vilseg_tiny.yaml")
@@ -88,3 +90,12 @@ def kill_after_checkpoint(
     last = (out_dir / "last_checkpoint").read_text().strip()
     assert last.startswith("model_") and last != "model_final.pth", last
     return int(last[len("model_") : -len(".pth")])
+
+
+def synthetic_root(tmp_path_factory, name: str) -> Path:
+    """A datasets root holding a 40-image synthetic caption world (no validation images)."""
+    root = tmp_path_factory.mktemp(name)
+    generate_synthetic_world(
+        str(root / "synthetic"), num_train=40, num_val=0, seed=0, num_workers=0
+    )
+    return root
