@@ -3,7 +3,6 @@ members on demand), caption manifests, and miniature copies of the evaluation ar
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
@@ -12,6 +11,8 @@ import tarfile
 import cv2
 import numpy as np
 from PIL import Image
+
+from helpers import load_script
 
 
 def random_image(h: int = 48, w: int = 64, seed: int = 0) -> np.ndarray:
@@ -130,8 +131,6 @@ def write_images(folder: str, n: int, *, size: int = 32, ext: str = "jpg") -> li
 
 # ----------------------------------------------------------------- evaluation archive layouts
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 # The miniature archives below have 3 val images each: the prepare scripts' arguments for them
 # (in this process, with the split size of the miniature).
@@ -140,12 +139,7 @@ PREPARE_ARGS = ["--workers", "0", "--expected-images", "3"]
 
 def load_prepare_script(name: str):
     """The module of ``datasets/<name>.py`` (a script, not a package module)."""
-    spec = importlib.util.spec_from_file_location(
-        name, os.path.join(REPO, "datasets", name + ".py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(os.path.join("datasets", name + ".py"), name)
 
 
 def _palette_png(path: str, label: np.ndarray) -> None:

@@ -1,5 +1,6 @@
 """Small builders shared by the model tests."""
 
+import importlib.util
 import os
 
 import torch
@@ -57,3 +58,12 @@ def square_on_texture(size=64, lo=20, hi=44, seed=0):
     truth = torch.zeros(size, size, dtype=torch.bool)
     truth[lo:hi, lo:hi] = True
     return image, truth
+
+
+def load_script(path: str, name: str):
+    """The module of a script of the repository (``tools/*.py``, ``datasets/*.py``: not package
+    modules), ``path`` relative to the repository root, imported under ``name``."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,8 +1,6 @@
 """tools/analyze_model.py and vilseg_d2.analysis on the tiny config: counts, memory, the plan."""
 
-import importlib.util
 import json
-import os
 
 import pytest
 import torch
@@ -19,7 +17,7 @@ from vilseg_d2.analysis import (
 )
 from vilseg_d2.config import get_vilseg_cfg
 
-from helpers import ROOT, TINY_CONFIG
+from helpers import TINY_CONFIG, load_script
 
 # The yaml's training schedule (auxiliary warm-up to iteration 1,020) stays: the tool must count
 # a step with every objective in force. No mask refinement: it only slows the inference trace.
@@ -27,12 +25,7 @@ OPTS = ["DATASETS.TEST", "()", "MODEL.VILSEG.REFINE_ITERS", "0"]
 
 
 def _load_tool():
-    spec = importlib.util.spec_from_file_location(
-        "analyze_model", os.path.join(ROOT, "tools", "analyze_model.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/analyze_model.py", "analyze_model")
 
 
 @pytest.fixture(scope="module", autouse=True)

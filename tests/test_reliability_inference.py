@@ -3,9 +3,7 @@ gives a correct result (right size, class probabilities) or an error saying what
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 
 import numpy as np
 import pytest
@@ -13,7 +11,7 @@ import torch
 from detectron2.modeling import build_model
 from PIL import Image
 
-from helpers import ROOT, TINY_CONFIG, tiny_cfg
+from helpers import TINY_CONFIG, load_script, tiny_cfg
 
 VOCAB = ["circle", "square", "star"]
 
@@ -125,12 +123,7 @@ def test_duplicate_class_names_are_a_clear_error(model):
 
 
 def load_demo():
-    spec = importlib.util.spec_from_file_location(
-        "vilseg_demo_tool", os.path.join(ROOT, "tools", "demo.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/demo.py", "vilseg_demo_tool")
 
 
 def demo_argv(inputs, out_dir, *, vocabulary: str | None = "circle; square; star",

@@ -1,8 +1,5 @@
 """tools/run_demo.py: the background rules are chosen on a held-out synthetic world."""
 
-import importlib.util
-import os
-
 import numpy as np
 import pytest
 import torch
@@ -12,16 +9,11 @@ from vilseg_d2.data.synthetic import STUFF_CLASSES
 from vilseg_d2.engine import ViLSegCheckpointer
 from vilseg_d2.visualization import cluster_panel
 
-from helpers import ROOT, tiny_cfg
+from helpers import load_script, tiny_cfg
 
 
 def _run_demo():
-    spec = importlib.util.spec_from_file_location(
-        "run_demo", os.path.join(ROOT, "tools", "run_demo.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/run_demo.py", "run_demo")
 
 
 def test_background_rules_chosen_on_the_held_out_world(tmp_path):
