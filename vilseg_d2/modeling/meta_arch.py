@@ -17,7 +17,7 @@ from .backbone.clip_vit import D2OpenCLIPViT, check_training_backbone
 from .criterion import ViLSegCriterion, current_storage
 from .inputs import inference_image
 from .projection_head import ViLSegProjectionHead
-from .segmenter import PixelEncoder, ViLSegSegmenter
+from .segmenter import PixelEncoder, SegmenterSettings, ViLSegSegmenter
 from .teacher import MomentumTeacher
 from .text_encoder import ViLSegTextEncoder
 from .vocabulary import (
@@ -30,17 +30,8 @@ from .vocabulary import (
 __all__ = ["ViLSeg"]
 
 
-def _segmenter_setting(name: str) -> property:
-    """A model attribute that reads and sets the segmenter's setting ``name``."""
-    return property(
-        lambda self: getattr(self.segmenter, name),
-        lambda self, value: setattr(self.segmenter, name, value),
-        doc=f"The segmenter's ``{name}`` (see :class:`ViLSegSegmenter`).",
-    )
-
-
 @META_ARCH_REGISTRY.register()
-class ViLSeg(nn.Module):
+class ViLSeg(SegmenterSettings, nn.Module):
     """ViL-Seg: image encoder + text encoder trained with vision-based contrast (L_vision),
     cross-modal contrast (L_cross) and online clustering by mutual information (L_cluster).
 
@@ -283,17 +274,8 @@ class ViLSeg(nn.Module):
             if prefix + "center" in state_dict:
                 state_dict[prefix + "criterion.center"] = state_dict.pop(prefix + "center")
             state_dict.pop(prefix + "num_updates", None)
-        # A checkpoint without a momentum teacher (another TEACHER, or weights to start from):
-        # the teacher starts as the checkpoint's network, as DINO's starts as the student.
-        if self.teacher is not None and not any(
-            k.startswith(prefix + "teacher.") for k in state_dict
-        ):
-            for key in [
-                k
-                for k in state_dict
-                if k.startswith((prefix + "backbone.", prefix + "projection_head."))
-            ]:
-                state_dict[prefix + "teacher." + key[len(prefix) :]] = state_dict[key]
+        if self.teacher is not None:
+            self.teacher.fill_missing(state_dict, prefix)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
@@ -325,18 +307,3 @@ class ViLSeg(nn.Module):
                 {"sem_seg": to_vocabulary_order(sem_seg, background), "clusters": clusters}
             )
         return results
-
-
-# The inference settings, read and set on the model as on its segmenter (model.bg_threshold = 0.9).
-for _name, _setting in (
-    ("inference_mode", "mode"),
-    ("bg_threshold", "bg_threshold"),
-    ("bg_global_similarity", "bg_global_similarity"),
-    ("sliding_window_size", "window_size"),
-    ("sliding_window_stride", "window_stride"),
-    ("refine_iters", "refine_iters"),
-    ("refine_dilations", "refine_dilations"),
-    ("kmeans_iters", "kmeans_iters"),
-    ("kmeans_seed", "kmeans_seed"),
-):
-    setattr(ViLSeg, _name, _segmenter_setting(_setting))

@@ -357,3 +357,30 @@ def _windows(length: int, size: int, stride: int) -> List[Tuple[int, int]]:
     while starts[-1] + size < length:
         starts.append(starts[-1] + stride)
     return [(s, min(s + size, length)) for s in starts]
+
+
+class SegmenterSettings:
+    """Mixin for a module that owns a :class:`ViLSegSegmenter` as ``self.segmenter``: its inference
+    settings read and set on the module as on the segmenter (``model.bg_threshold = 0.9``)."""
+
+
+for _name, _setting in (
+    ("inference_mode", "mode"),
+    ("bg_threshold", "bg_threshold"),
+    ("bg_global_similarity", "bg_global_similarity"),
+    ("sliding_window_size", "window_size"),
+    ("sliding_window_stride", "window_stride"),
+    ("refine_iters", "refine_iters"),
+    ("refine_dilations", "refine_dilations"),
+    ("kmeans_iters", "kmeans_iters"),
+    ("kmeans_seed", "kmeans_seed"),
+):
+    setattr(
+        SegmenterSettings,
+        _name,
+        property(
+            lambda self, name=_setting: getattr(self.segmenter, name),
+            lambda self, value, name=_setting: setattr(self.segmenter, name, value),
+            doc=f"The segmenter's ``{_setting}`` (see :class:`ViLSegSegmenter`).",
+        ),
+    )

@@ -96,3 +96,18 @@ class MomentumTeacher(nn.Module):
         for mine, theirs in ((self.backbone, backbone), (self.projection_head, projection_head)):
             for t, s in zip(mine.parameters(), theirs.parameters()):
                 t.mul_(m).add_(s.detach(), alpha=1 - m)
+
+    @staticmethod
+    def fill_missing(state_dict: Dict[str, torch.Tensor], prefix: str) -> None:
+        """Give a model state dict without a teacher (another ``TEACHER``, or weights to start
+        from) one that is its network, as DINO's teacher starts as the student.
+
+        Args:
+            state_dict: the owning model's state dict, edited in place.
+            prefix: the owning model's prefix; the teacher is its ``teacher`` submodule.
+        """
+        if any(k.startswith(prefix + "teacher.") for k in state_dict):
+            return
+        parts = (prefix + "backbone.", prefix + "projection_head.")
+        for key in [k for k in state_dict if k.startswith(parts)]:
+            state_dict[prefix + "teacher." + key[len(prefix) :]] = state_dict[key]
