@@ -78,7 +78,8 @@ def test_parameters_match_the_model(tool, model, cfg):
     assert {"backbone", "text_encoder", "clustering_head", "projection_head"} <= set(
         res["by_module"]
     )
-    assert res["trainable"] + res["frozen"] == total and res["frozen"] == 0
+    teacher = sum(p.numel() for p in model.teacher.parameters())  # the config's momentum teacher
+    assert res["trainable"] + res["frozen"] == total and res["frozen"] == teacher > 0
     model.text_encoder.clip.token_embedding.weight.requires_grad_(False)
     try:
         frozen = tool.do_parameter(model, cfg, None)["by_module"]["text_encoder"]["frozen"]
@@ -96,13 +97,16 @@ def test_flops_add_up_over_the_views(run, cfg):
     # text tower, the heads and the criterion.
     v, pv, mods = cfg.INPUT.VILSEG, tr["per_view"], tr["by_module"]
     views = 2 * pv["global"] + v.NUM_LOCAL_CROPS * pv["local"]
-    rest = sum(mods[m] for m in ("text_encoder", "clustering_head", "projection_head", "criterion"))
+    heads = ("text_encoder", "clustering_head", "projection_head", "criterion", "teacher")
+    rest = sum(mods[m] for m in heads)
     assert tr["forward"] == pytest.approx(views + rest, rel=1e-3)
     assert pv["global"] > pv["local"] > 0 and mods["text_encoder"] > 0 and mods["criterion"] > 0
     # The test size is the global view's here, so one inference image's tower is ~one global view.
     assert inf["backbone"] == pytest.approx(pv["global"], rel=0.05)
     assert tr["forward"] > 2 * inf["backbone"]
-    assert tr["forward_backward"] == 3 * tr["forward"]
+    # the momentum teacher of the config runs forward only
+    assert tr["forward_only_modules"] == ["teacher"] and mods["teacher"] > 0
+    assert tr["forward_backward"] == tr["forward"] + 2 * (tr["forward"] - mods["teacher"])
     assert (
         tr["forward_backward_checkpointed"] == tr["forward_backward"] + tr["checkpoint_recompute"]
     )

@@ -56,7 +56,8 @@ def test_ema_teacher_gives_the_teacher_logits_and_is_checkpointed():
     assert all(p.grad is None for p in model.teacher.parameters())
     logged = storage.latest()
     assert 0 < logged["vision_teacher_entropy"][0] <= math.log(model.projection_head.out_dim) + 1e-4
-    assert build_model(tiny_cfg()).teacher is None  # the paper's: the network itself
+    paper = build_model(tiny_cfg(MODEL__VILSEG__TEACHER="self"))
+    assert paper.teacher is None  # the paper's: the network itself
     with pytest.raises(ValueError, match="TEACHER"):
         build_model(tiny_cfg(MODEL__VILSEG__TEACHER="mean"))
 
@@ -80,7 +81,8 @@ def test_collapse_statistics():
 
 def test_teacher_starts_as_the_network_of_a_checkpoint_without_one():
     torch.manual_seed(0)
-    trained = build_model(tiny_cfg())  # the paper's teacher: no teacher weights in its state dict
+    # the paper's teacher: no teacher weights in its state dict
+    trained = build_model(tiny_cfg(MODEL__VILSEG__TEACHER="self"))
     with torch.no_grad():
         trained.projection_head.last_layer.weight.add_(1.0)
     model = build_model(tiny_cfg(MODEL__VILSEG__TEACHER="ema"))
