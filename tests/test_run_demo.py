@@ -1,15 +1,21 @@
-"""tools/run_demo.py: the background rules are chosen on a held-out synthetic world."""
+"""tools/run_demo.py: the background rules are chosen on a held-out synthetic world; the Table 2
+ablations start from the model's end of the L_cross phase and vary only their seed."""
+
+import json
+import sys
 
 import numpy as np
 import pytest
 import torch
 from detectron2.modeling import build_model
 
-from vilseg_d2.data.synthetic import STUFF_CLASSES
+from vilseg_d2.data.synthetic import STUFF_CLASSES, generate_synthetic_world
 from vilseg_d2.engine import ViLSegCheckpointer
 from vilseg_d2.visualization import cluster_panel
 
-from helpers import load_script, tiny_cfg
+from helpers import ROOT, load_script, tiny_cfg
+from train_runs import metrics as training_metrics
+from train_runs import run
 
 
 def _run_demo():
@@ -104,6 +110,7 @@ def test_ablation_runs_are_the_papers_table_2_columns():
     runs = run_demo.demo_runs(True)
     folders = [sub for sub, _, _ in runs.values()]
     assert len(set(folders)) == 3  # each model trains (and resumes) in its own folder
+    assert runs["ViL-Seg"][1:] == ((), ("online",))
     _, extra, modes = runs["ViL-Seg w/o clustering head"]
     assert modes == ("kmeans",)
     model = build_model(
@@ -138,3 +145,65 @@ def test_eval_config_carries_the_rows_inference(tmp_path):
         written.MODEL.WEIGHTS == str(tmp_path / "model_final.pth") and written.MODEL.DEVICE == "cpu"
     )
     assert written.OUTPUT_DIR == str(tmp_path / "eval" / "eval_kmeans_unrefined")
+
+
+def test_ablation_seeds_resume_the_shared_l_cross_checkpoint(tmp_path):
+    """Every column and seed starts at the iteration after the main run's L_cross phase, from its
+    checkpoint; the seeds change the batches; the table reports mean ± sample std."""
+    generate_synthetic_world(
+        str(tmp_path / "synthetic"), num_train=24, num_val=2, seed=0, num_workers=0
+    )
+    out = tmp_path / "demo"
+    schedule = ["SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "4", "SOLVER.STEPS", "(2,)",
+                "SOLVER.WARMUP_ITERS", "0", "SOLVER.CHECKPOINT_PERIOD", "2",
+                "MODEL.VILSEG.AUX_WARMUP_ITERS", "(2, 2)", "MODEL.VILSEG.REFINE_ITERS", "0",
+                "DATALOADER.NUM_WORKERS", "0", "SOLVER.LOG_PERIOD", "1"]  # fmt: skip
+    demo = [sys.executable, f"{ROOT}/tools/run_demo.py", "--output", str(out), "--precision",
+            "fp32", "--calibration-images", "0", "--pictures", "1"]  # fmt: skip
+    run([*demo, "--ablation", "--seeds", "2", *schedule], tmp_path)
+
+    main = training_metrics(out / "train")
+    assert sorted(main) == [0, 1, 2, 3]
+    ablation = json.loads((out / "metrics.json").read_text())["ablation"]
+    assert ablation["seeds"] == [1, 2] and ablation["start"].endswith("model_0000001.pth")
+    for sub in ("vilseg", "no_vision", "no_cluster"):
+        seed1, seed2 = (training_metrics(out / "ablation" / f"{sub}_seed{s}") for s in (1, 2))
+        assert sorted(seed1) == sorted(seed2) == [2, 3]  # resumed after the shared phase
+        assert seed1[2]["loss_cross"] != seed2[2]["loss_cross"]  # other batches
+        assert seed1[3]["lr"] == pytest.approx(main[3]["lr"])  # the schedule goes on
+    log = (out / "demo_log.txt").read_text()
+    assert log.count(f"Loading from {ablation['start']}") == 6  # 3 columns x 2 seeds
+    for column, row in (
+        ("ViL-Seg", "online"),
+        ("ViL-Seg w/o L_vision", "online"),
+        ("ViL-Seg w/o clustering head", "kmeans"),
+    ):
+        r = ablation[column][row]
+        values = [s["mIoU"] for s in r["seeds"]]
+        assert r["mIoU_mean"] == pytest.approx(np.mean(values))
+        assert r["mIoU_std"] == pytest.approx(np.std(values, ddof=1))
+    table = (out / "results.md").read_text()
+    assert "Table 2 (mean ± sample std over SEED 1, 2)" in table
+    assert table.count(" ± ") >= 9  # three metrics for each of the three columns
+
+
+def test_precision_follows_what_the_cpu_computes(monkeypatch, caplog):
+    """bf16 only where the CPU computes it natively (emulated, a step took 12x fp32's); the
+    trainer warns when asked for an emulated autocast dtype."""
+    from vilseg_d2.engine import AutocastTrainer, train_loop
+
+    run_demo = _run_demo()
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(run_demo, "cpu_has_native", lambda dtype, native=native: native)
+        assert run_demo.training_precision("auto") == expected
+    assert run_demo.training_precision("bf16") == "bf16"
+    assert train_loop.cpu_has_native(torch.float32)
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for native in (True, False):
+        monkeypatch.setattr(train_loop, "cpu_has_native", lambda dtype, native=native: native)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger=train_loop.__name__):
+            AutocastTrainer(model, [], optimizer, dtype=torch.bfloat16)
+        assert ("emulated" in caplog.text) == (not native)

@@ -3,14 +3,18 @@
 
 1. generates the synthetic caption world (captions for training, masks only for evaluation)
    under ``--data`` unless it is already there;
-2. trains the tiny ViL-Seg (configs/vilseg_tiny.yaml) on its captions (bf16 autocast; log with
-   ETA; re-running resumes or reuses the finished model);
+2. trains the tiny ViL-Seg (configs/vilseg_tiny.yaml) on its captions (bf16 autocast where the
+   CPU computes bf16 natively, else fp32: ``--precision``; log with ETA; re-running resumes or
+   reuses the finished model);
 3. evaluates it on ``synthetic_sem_seg_val`` with SemSegEvaluator in the three inference modes
    (online = the paper, K-means, dense per-pixel matching), each with the background rules
    (``MODEL.VILSEG.BG_THRESHOLD``, ``BG_GLOBAL_SIMILARITY``) that scored best on a second,
    held-out synthetic world (seed 1; its masks are never the reported ones);
-4. with ``--ablation``, trains and evaluates the paper's Table 2 ablations: the same model
-   without L_vision (online), and without the clustering head (L_cluster off; K-means);
+4. with ``--ablation``, the paper's Table 2 with error bars: ViL-Seg (online), without L_vision
+   (online) and without the clustering head (L_cluster off; K-means), each trained ``--seeds``
+   times (SEED 1, 2, ...) from the model's own end of the L_cross phase (the weights of its
+   checkpoint at iteration ``AUX_WARMUP_ITERS[0] - 1``, a fresh optimizer): the seeds vary only
+   the phase with all three objectives. Mean and sample standard deviation over the seeds;
 5. writes ``metrics.json``, ``results.md`` and overlay pictures to ``--output`` and prints the
    table.
 """
@@ -41,7 +45,7 @@ from PIL import Image
 
 from vilseg_d2.config import get_vilseg_cfg  # noqa: E402
 from vilseg_d2.data import generate_synthetic_world, register_synthetic_world  # noqa: E402
-from vilseg_d2.engine import ViLSegCheckpointer, ViLSegTrainer  # noqa: E402
+from vilseg_d2.engine import ViLSegCheckpointer, ViLSegTrainer, cpu_has_native  # noqa: E402
 from vilseg_d2.modeling.reuse import reuse_image_features  # noqa: E402
 from vilseg_d2.visualization import segmentation_panels  # noqa: E402
 
@@ -61,8 +65,12 @@ def parse_args(argv=None):
     p.add_argument(
         "--ablation",
         action="store_true",
-        help="also train and evaluate ViL-Seg without L_vision and without the clustering head",
+        help="also the paper's Table 2: ViL-Seg, w/o L_vision and w/o clustering head over seeds",
     )
+    p.add_argument("--seeds", type=int, default=3, help="seeds per --ablation column")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="training autocast; auto: bf16 where the CPU computes it natively (AVX512 "
+                        "and newer), else fp32 (emulated bf16 is far slower)")  # fmt: skip
     p.add_argument("--pictures", type=int, default=8, help="validation images to draw")
     p.add_argument("--calibration-images", type=int, default=200,
                    help="images of the held-out world on which the background rules are chosen "
@@ -82,6 +90,17 @@ def ensure_world(data_dir: str) -> None:
     register_synthetic_world(data_dir)
 
 
+def training_precision(choice: str) -> str:
+    """ "bf16" or "fp32" for ``--precision`` ``choice`` ("auto": bf16 if the CPU has it)."""
+    if choice == "auto":
+        choice = "bf16" if cpu_has_native(torch.bfloat16) else "fp32"
+        logger.info(
+            f"Training in {choice}: this CPU ({torch.backends.cpu.get_cpu_capability()}) "
+            f"{'computes' if choice == 'bf16' else 'only emulates'} bf16."
+        )
+    return choice
+
+
 def make_cfg(args, output_dir: str, extra=()):
     cfg = get_vilseg_cfg(
         args.config_file,
@@ -89,7 +108,7 @@ def make_cfg(args, output_dir: str, extra=()):
             "MODEL.DEVICE",
             "cpu",
             "SOLVER.AMP.ENABLED",
-            True,
+            args.precision == "bf16",
             "SOLVER.AMP.DTYPE",
             "bf16",
             "OUTPUT_DIR",
@@ -121,8 +140,9 @@ def check_fits(model, path: str) -> None:
         )
 
 
-def train(cfg):
-    """Train (resuming an interrupted run); returns the model and the wall time in s."""
+def train(cfg, branch: str = ""):
+    """Train (resuming an interrupted run; a new one begins at the checkpoint ``branch`` if
+    given, with a fresh optimizer); returns the model and the wall time in s."""
     start = time.perf_counter()
     final = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
     if os.path.isfile(final):
@@ -138,7 +158,11 @@ def train(cfg):
             getattr(trainer.model, "module", trainer.model),
             trainer.checkpointer.get_checkpoint_file(),
         )
-    trainer.resume_or_load(resume=True)
+        trainer.resume_or_load(resume=True)
+    elif branch:
+        trainer.branch_from(branch)
+    else:
+        trainer.resume_or_load(resume=True)
     trainer._hooks = [
         h for h in trainer._hooks if not isinstance(h, hooks.EvalHook)
     ]  # evaluated below
@@ -166,23 +190,21 @@ def write_eval_config(cfg, model, name: str) -> str:
 
 
 def demo_runs(ablation: bool) -> dict:
-    """{run name: (output subfolder, config overrides, inference modes)}: the model, and with
-    ``ablation`` the paper's Table 2 ablations."""
-    runs = {"ViL-Seg": ("train", (), MODES)}
-    if ablation:
-        runs["ViL-Seg w/o L_vision"] = (
-            "train_no_vision",
-            ("MODEL.VILSEG.VISION_WEIGHT", 0.0),
-            ("online",),
-        )
+    """{run name: (output subfolder, config overrides, inference modes)}: the demo's model, or
+    with ``ablation`` the columns of the paper's Table 2 (each in its inference)."""
+    if not ablation:
+        return {"ViL-Seg": ("train", (), MODES)}
+    return {
+        "ViL-Seg": ("vilseg", (), ("online",)),
+        "ViL-Seg w/o L_vision": ("no_vision", ("MODEL.VILSEG.VISION_WEIGHT", 0.0), ("online",)),
         # "Offline (K-means)": the head replaced by K-means (the paper counts 0.08M fewer
         # parameters), so L_cluster never trains the encoder.
-        runs["ViL-Seg w/o clustering head"] = (
-            "train_no_cluster",
+        "ViL-Seg w/o clustering head": (
+            "no_cluster",
             ("MODEL.VILSEG.CLUSTER_WEIGHT", 0.0),
             ("kmeans",),
-        )
-    return runs
+        ),
+    }
 
 
 def held_out_world(data_dir: str, count: int) -> list:
@@ -273,13 +295,97 @@ def draw_pictures(cfg, model, out_dir: str, count: int) -> None:
         Image.fromarray(picture).save(os.path.join(out_dir, f"{stem}_image_gt_online_clusters.png"))
 
 
+def evaluate_rows(cfg, model, modes, held_out, classes) -> dict:
+    """Evaluate ``model`` in each of ``modes``, with the config's mask refinement and, when it
+    has one, without (the paper's inference), each with the background rules that scored best on
+    ``held_out`` (None: the config's). Writes each row's ``eval_<row>.yaml`` and the first's
+    ``config.yaml`` beside the model; returns {row: SemSegEvaluator results + "background",
+    "refine_iters", "mode", "config"}."""
+    refinements = (cfg.MODEL.VILSEG.REFINE_ITERS, 0) if cfg.MODEL.VILSEG.REFINE_ITERS else (0,)
+    rows = {}
+    for mode in modes:
+        for iters in refinements:
+            model.refine_iters = iters
+            background = calibrate_background(model, mode, held_out, classes) if held_out else None
+            result = evaluate(cfg, model, mode)
+            row = mode if iters == refinements[0] else f"{mode}_unrefined"
+            config = write_eval_config(cfg, model, f"eval_{row}")
+            if row == modes[0]:  # the model's own inference: config.yaml beside it
+                config = write_eval_config(cfg, model, "config")
+            result.update(background=background, refine_iters=iters, mode=mode, config=config)
+            rows[row.replace("_", ", ")] = result
+    first = next(iter(rows.values()))  # the model leaves with its own inference, as config.yaml
+    model.inference_mode, model.refine_iters = first["mode"], first["refine_iters"]
+    if first["background"]:
+        model.bg_threshold = first["background"]["bg_threshold"]
+        model.bg_global_similarity = first["background"]["bg_global_similarity"]
+    return rows
+
+
+def run_ablation(args, cfg, held_out, classes) -> dict:
+    """The paper's Table 2 over ``args.seeds`` seeds: every column and seed begins at the
+    checkpoint that ended ``cfg``'s L_cross phase (its weights and iteration, a fresh optimizer:
+    the columns train different parameters) and trains the phase with all three objectives with
+    its own SEED. Returns {"seeds", "start", column: {row: {"seeds": [results], metric +
+    "_mean" / "_std"}}}."""
+    start = os.path.join(
+        cfg.OUTPUT_DIR, f"model_{cfg.MODEL.VILSEG.AUX_WARMUP_ITERS[0] - 1:07d}.pth"
+    )
+    if not os.path.isfile(start):
+        raise FileNotFoundError(
+            f"{start} is missing: the ablations begin at the model's checkpoint at the end of "
+            "the L_cross phase (SOLVER.CHECKPOINT_PERIOD must divide AUX_WARMUP_ITERS[0])."
+        )
+    seeds = list(range(1, args.seeds + 1))
+    out = {"seeds": seeds, "start": start}
+    for column, (sub, extra, modes) in demo_runs(True).items():
+        per_seed = []
+        for seed in seeds:
+            folder = os.path.join(args.output, "ablation", f"{sub}_seed{seed}")
+            run_cfg = make_cfg(args, folder, (*extra, "SEED", seed))
+            model, seconds = train(run_cfg, start)
+            per_seed.append(evaluate_rows(run_cfg, model, modes, held_out, classes))
+            logger.info(f"{column}, SEED {seed}: trained in {seconds / 60:.1f} min")
+        out[column] = {}
+        for row in per_seed[0]:
+            results = [rows[row] for rows in per_seed]
+            summary = {"seeds": results}
+            for key in ("mIoU", "pACC", "mACC"):
+                values = np.array([r[key] for r in results])
+                summary[f"{key}_mean"] = float(values.mean())
+                summary[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            out[column][row] = summary
+    return out
+
+
+def ablation_table(ablation: dict) -> str:
+    """Markdown: a row per Table 2 column and evaluated inference, mean ± std and each seed's
+    mIoU (``ablation`` as :func:`run_ablation` returns it)."""
+    rows = [
+        "| model | inference | mask refinement | mIoU | pACC | mACC | mIoU per seed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for column, results in ablation.items():
+        if column in ("seeds", "start"):
+            continue
+        for r in results.values():
+            first = r["seeds"][0]
+            refinement = f"PAMR, {first['refine_iters']} steps" if first["refine_iters"] else "none"
+            cells = " | ".join(
+                f"{r[k + '_mean']:.1f} ± {r[k + '_std']:.1f}" for k in ("mIoU", "pACC", "mACC")
+            )
+            seeds = ", ".join(f"{x['mIoU']:.1f}" for x in r["seeds"])
+            rows.append(f"| {column} | {first['mode']} | {refinement} | {cells} | {seeds} |")
+    return "\n".join(rows)
+
+
 def results_table(metrics: dict, vilseg_cfg) -> str:
     """The demo's Markdown table: a row per model and evaluated inference (mode + refinement).
 
     Args:
         metrics: {run name: {"train_seconds": s, key: SemSegEvaluator results + "mode",
             "refine_iters", "background" (the calibration, or None: the config's rules)}}; other
-            top-level entries (wall time) are skipped.
+            top-level entries (wall time, the ablation) are skipped.
         vilseg_cfg: ``cfg.MODEL.VILSEG``, for the rules of uncalibrated runs.
     """
     rows = [
@@ -290,7 +396,7 @@ def results_table(metrics: dict, vilseg_cfg) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for run_name, res in metrics.items():
-        if not isinstance(res, dict):
+        if not isinstance(res, dict) or "train_seconds" not in res:
             continue
         for r in res.values():
             if not isinstance(r, dict):
@@ -314,37 +420,30 @@ def main(argv=None):
     setup_logger(output=os.path.join(args.output, "demo_log.txt"), name="vilseg_d2")
     setup_logger(name="vilseg_demo")
     t0 = time.perf_counter()
+    args.precision = training_precision(args.precision)
     ensure_world(args.data)
 
     classes = MetadataCatalog.get("synthetic_sem_seg_val").stuff_classes
     held_out = (
         held_out_world(args.data, args.calibration_images) if args.calibration_images > 0 else None
     )
-    metrics = {}
-    for run_name, (sub, extra, modes) in demo_runs(args.ablation).items():
-        cfg = make_cfg(args, os.path.join(args.output, sub), extra)
-        model, seconds = train(cfg)
-        metrics[run_name] = {"train_seconds": seconds}
-        # The config's mask refinement, and without it (the paper's inference) when it has one.
-        refinements = (cfg.MODEL.VILSEG.REFINE_ITERS, 0) if cfg.MODEL.VILSEG.REFINE_ITERS else (0,)
-        for mode in modes:
-            for iters in refinements:
-                model.refine_iters = iters
-                background = (
-                    calibrate_background(model, mode, held_out, classes) if held_out else None
-                )
-                result = evaluate(cfg, model, mode)
-                row = mode if iters == refinements[0] else f"{mode}_unrefined"
-                config = write_eval_config(cfg, model, f"eval_{row}")
-                if row == modes[0]:  # the model's own inference: config.yaml beside it
-                    config = write_eval_config(cfg, model, "config")
-                result.update(background=background, refine_iters=iters, mode=mode, config=config)
-                metrics[run_name][row.replace("_", ", ")] = result
-                if mode == "online" and iters == refinements[0] and not extra:
-                    draw_pictures(cfg, model, os.path.join(args.output, "pictures"), args.pictures)
+    cfg = make_cfg(args, os.path.join(args.output, "train"))
+    model, seconds = train(cfg)
+    metrics = {"ViL-Seg": {"train_seconds": seconds}}
+    metrics["ViL-Seg"].update(evaluate_rows(cfg, model, MODES, held_out, classes))
+    draw_pictures(cfg, model, os.path.join(args.output, "pictures"), args.pictures)
+    if args.ablation:
+        metrics["ablation"] = run_ablation(args, cfg, held_out, classes)
     metrics["wall_seconds"] = time.perf_counter() - t0
 
     table = results_table(metrics, cfg.MODEL.VILSEG)
+    if args.ablation:
+        table += (
+            "\n\nTable 2 (mean ± sample std over SEED "
+            + ", ".join(str(s) for s in metrics["ablation"]["seeds"])
+            + "):\n"
+            + ablation_table(metrics["ablation"])
+        )
     with open(os.path.join(args.output, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     with open(os.path.join(args.output, "results.md"), "w") as f:

@@ -210,6 +210,22 @@ class ViLSegTrainer(DefaultTrainer):
         self.use_training_views(self.start_iter)
         _continue_at(self._trainer.data_loader, self.start_iter)
 
+    def branch_from(self, path: str) -> None:
+        """Start at the checkpoint ``path``'s weights and iteration (with the learning rate of
+        the schedule there), but with this trainer's fresh optimizer: a branch of another run
+        whose trainable parameters differ (an ablation that freezes a head), whose optimizer
+        state a resume could not load. Call it instead of :meth:`resume_or_load`."""
+        if self._trainer._data_loader_iter_obj is not None:
+            raise RuntimeError("branch_from must be called before training reads the data loader.")
+        saved = self.checkpointer.load(path, checkpointables=[])
+        if "iteration" not in saved:
+            raise ValueError(f"{path} is not a training checkpoint (it has no iteration).")
+        self.start_iter = saved["iteration"] + 1
+        self.scheduler.last_epoch = saved["iteration"]
+        self.scheduler.step()  # the optimizer's learning rates of iteration start_iter
+        self.use_training_views(self.start_iter)
+        _continue_at(self._trainer.data_loader, self.start_iter)
+
     def use_training_views(self, iteration: int) -> None:
         """Make the loader deliver the views that step ``iteration`` needs (:func:`training_views`):
         when they change, a new loader replaces the old one and its caption stream continues at
