@@ -13,13 +13,16 @@ from vilseg_d2.data.synthetic import STUFF_CLASSES, generate_synthetic_world
 from vilseg_d2.engine import ViLSegCheckpointer
 from vilseg_d2.visualization import cluster_panel
 
-from helpers import ROOT, load_script, tiny_cfg
+from helpers import ROOT, tiny_cfg
 from train_runs import metrics as training_metrics
 from train_runs import run
 
 
 def _run_demo():
-    return load_script("tools/run_demo.py", "run_demo")
+    """The demo's steps (tools/run_demo.py runs them)."""
+    import vilseg_d2.demo
+
+    return vilseg_d2.demo
 
 
 def test_background_rules_chosen_on_the_held_out_world(tmp_path):
@@ -190,13 +193,13 @@ def test_ablation_seeds_resume_the_shared_l_cross_checkpoint(tmp_path):
 def test_precision_follows_what_the_cpu_computes(monkeypatch, caplog):
     """bf16 only where the CPU computes it natively (emulated, a step took 12x fp32's); the
     trainer warns when asked for an emulated autocast dtype."""
+    from vilseg_d2.demo import training
     from vilseg_d2.engine import AutocastTrainer, train_loop
 
-    run_demo = _run_demo()
     for native, expected in ((True, "bf16"), (False, "fp32")):
-        monkeypatch.setattr(run_demo, "cpu_has_native", lambda dtype, native=native: native)
-        assert run_demo.training_precision("auto") == expected
-    assert run_demo.training_precision("bf16") == "bf16"
+        monkeypatch.setattr(training, "cpu_has_native", lambda dtype, native=native: native)
+        assert training.training_precision("auto") == expected
+    assert training.training_precision("bf16") == "bf16"
     assert train_loop.cpu_has_native(torch.float32)
 
     model = torch.nn.Linear(2, 2)
@@ -207,3 +210,27 @@ def test_precision_follows_what_the_cpu_computes(monkeypatch, caplog):
         with caplog.at_level("WARNING", logger=train_loop.__name__):
             AutocastTrainer(model, [], optimizer, dtype=torch.bfloat16)
         assert ("emulated" in caplog.text) == (not native)
+
+
+def test_self_training_adds_the_students_row(tmp_path):
+    """--self-training: the demo's model pseudo-labels caption images, the student trains on them
+    from the model's encoder, and its row joins the table (its config evaluates it again)."""
+    generate_synthetic_world(
+        str(tmp_path / "synthetic"), num_train=12, num_val=2, seed=0, num_workers=0
+    )
+    out = tmp_path / "demo"
+    run([sys.executable, f"{ROOT}/tools/run_demo.py", "--output", str(out), "--precision", "fp32",
+         "--calibration-images", "0", "--pictures", "0", "--self-training", "--st-images", "6",
+         "--st-opts", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "2", "SOLVER.LOG_PERIOD",
+         "1", "DATALOADER.NUM_WORKERS", "0",
+         "--", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "2", "SOLVER.WARMUP_ITERS", "0",
+         "MODEL.VILSEG.REFINE_ITERS", "0", "DATALOADER.NUM_WORKERS", "0"], tmp_path)  # fmt: skip
+    student = json.loads((out / "metrics.json").read_text())["ViL-Seg + ST"]["student"]
+    assert student["pseudo_labels"]["images"] == 6 and 0 <= student["mIoU"] <= 100
+    assert sorted(training_metrics(out / "self_training")) == [0, 1]
+    assert "| ViL-Seg + ST | student: SemSegFPNHead | none |" in (out / "results.md").read_text()
+    from vilseg_d2.config import get_vilseg_cfg
+
+    written = get_vilseg_cfg(student["config"])
+    assert written.MODEL.WEIGHTS == str(out / "self_training" / "model_final.pth")
+    assert written.MODEL.META_ARCHITECTURE == "SemanticSegmentor"
