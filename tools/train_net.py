@@ -35,12 +35,14 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from vilseg_d2.config import get_vilseg_cfg  # noqa: E402
+from vilseg_d2.data.datasets import register_pseudo_label_datasets_from_config  # noqa: E402
 from vilseg_d2.engine import ViLSegTrainer, load_eval_weights  # noqa: E402
 
 
 def setup(args):
     cfg = get_vilseg_cfg(args.config_file, args.opts)
     cfg.freeze()
+    register_pseudo_label_datasets_from_config(cfg)  # in every process, as launch starts them
     if (
         cfg.MODEL.DEVICE == "cpu"
     ):  # Detectron2's environment report would warn "No CUDA runtime is found"

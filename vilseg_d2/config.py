@@ -159,6 +159,9 @@ def add_vilseg_config(cfg: CN) -> None:
     # 20 image files are looked for: none found is an error that names the path and the fix.
     # On the command line: DATASETS.CAPTION_DATASETS '("name=my_pairs,manifest=/data/p.jsonl",)'.
     cfg.DATASETS.CAPTION_DATASETS = ()
+    # Folders written by tools/pseudo_label.py, registered (under the name each holds) in every
+    # process: a self-training student trains on them (configs/self_training/).
+    cfg.DATASETS.PSEUDO_LABEL_ROOTS = ()
 
     cfg.SOLVER.OPTIMIZER = "ADAMW"
     # Learning rate of the clustering head Phi_c = BASE_LR x this (it follows the same schedule).

@@ -36,6 +36,9 @@ class ViLSegCheckpointer(DetectionCheckpointer):
       ``weights_only`` refuses) raises an error naming the file.
     * A checkpoint none of whose tensors fits the model (another architecture) raises
       instead of leaving the model silently at its random initialisation.
+    * A ViL-Seg checkpoint loaded into a model whose backbone wraps the image encoder as
+      ``backbone.net`` (``D2OpenCLIPViTPyramid``, e.g. the self-training student) initialises
+      that encoder; the rest of ViL-Seg (text tower, heads, teacher) is left out, and logged.
     """
 
     def load(self, path: str, *args, **kwargs) -> Dict[str, Any]:
@@ -84,6 +87,7 @@ class ViLSegCheckpointer(DetectionCheckpointer):
         )
 
     def _load_model(self, checkpoint: Dict[str, Any]):
+        checkpoint["model"] = self._image_encoder_for_pyramid(checkpoint["model"])
         given = list(checkpoint["model"].keys())
         incompatible = super()._load_model(checkpoint)
         # fvcore never reports batch norms' num_batches_tracked as missing.
@@ -100,6 +104,28 @@ class ViLSegCheckpointer(DetectionCheckpointer):
                 "MODEL.OPEN_CLIP.PRETRAINED."
             )
         return incompatible
+
+    def _image_encoder_for_pyramid(self, weights: Dict[str, Any]) -> Dict[str, Any]:
+        """``weights`` of a ViL-Seg model as this model's pyramid backbone expects them (its
+        ``backbone.*`` as ``backbone.net.*``, nothing else), or unchanged if not that case."""
+        mine = self.model.state_dict()
+        if not any(k.startswith("backbone.net.") for k in mine) or any(
+            k.startswith("backbone.net.") for k in weights
+        ):
+            return weights
+        encoder = {
+            "backbone.net." + k[len("backbone.") :]: v
+            for k, v in weights.items()
+            if k.startswith("backbone.")
+        }
+        if not encoder or "text_encoder" not in {k.split(".")[0] for k in weights}:
+            return weights  # not a ViL-Seg checkpoint: Detectron2's matching and errors
+        logger.info(
+            f"ViL-Seg checkpoint: its image encoder ({len(encoder)} tensors) initialises "
+            f"backbone.net; {len(weights) - len(encoder)} other tensors (text tower, heads, "
+            "teacher) are not used."
+        )
+        return encoder
 
 
 def load_eval_weights(cfg, model: torch.nn.Module, *, resume: bool = False) -> None:

@@ -8,7 +8,11 @@ import weakref
 from typing import Dict, List, Optional
 
 import torch
-from detectron2.data import DatasetMapper, build_detection_test_loader
+from detectron2.data import (
+    DatasetMapper,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
 from detectron2.engine import DefaultTrainer, HookBase, TrainerBase, create_ddp_model, hooks
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
@@ -27,6 +31,7 @@ __all__ = [
     "ViLSegTrainer",
     "eval_classes",
     "eval_vocabulary",
+    "is_vilseg",
     "require_test_datasets",
     "training_views",
 ]
@@ -80,12 +85,19 @@ def require_test_datasets(cfg) -> None:
         require_sem_seg_dataset(name)
 
 
+def is_vilseg(cfg) -> bool:
+    """Whether ``cfg`` trains ViL-Seg on captions; else a stock Detectron2 semantic segmentor
+    (e.g. the self-training student) on labelled images."""
+    return cfg.MODEL.META_ARCHITECTURE == "ViLSeg"
+
+
 def training_views(cfg, iteration: int) -> Dict[str, bool]:
     """Which auxiliary views the batch of training step ``iteration`` needs: ``local_crops``
     for L_vision, ``transformed_view`` (g(x)) for L_cluster. Neither before
-    ``MODEL.VILSEG.AUX_WARMUP_ITERS[0]``, and never for an objective of weight 0."""
+    ``MODEL.VILSEG.AUX_WARMUP_ITERS[0]``, never for an objective of weight 0, and never for a
+    model other than ViL-Seg."""
     v = cfg.MODEL.VILSEG
-    active = iteration >= int(v.AUX_WARMUP_ITERS[0])
+    active = is_vilseg(cfg) and iteration >= int(v.AUX_WARMUP_ITERS[0])
     return {
         "local_crops": active and v.VISION_WEIGHT > 0,
         "transformed_view": active and v.CLUSTER_WEIGHT > 0,
@@ -99,7 +111,7 @@ def _warn_if_aux_objectives_never_train(cfg) -> None:
     names = [
         n for n, w in (("L_vision", v.VISION_WEIGHT), ("L_cluster", v.CLUSTER_WEIGHT)) if w > 0
     ]
-    if names and cfg.SOLVER.MAX_ITER <= start:
+    if names and is_vilseg(cfg) and cfg.SOLVER.MAX_ITER <= start:
         logger.warning(
             f"{' and '.join(names)} will not train: the run ends at SOLVER.MAX_ITER = "
             f"{cfg.SOLVER.MAX_ITER}, before the auxiliary objectives join at iteration {start} "
@@ -279,7 +291,10 @@ class ViLSegTrainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg, *, local_crops: bool = True, transformed_view: bool = True):
         """The caption loader; ``local_crops`` / ``transformed_view`` False leave those views
-        out."""
+        out. Another model (a semantic segmentor) gets Detectron2's loader of labelled images
+        (``DatasetMapper``: images with ``sem_seg``)."""
+        if not is_vilseg(cfg):
+            return build_detection_train_loader(cfg)
         mapper = ViLSegCaptionDatasetMapper(
             cfg, True, local_crops=local_crops, transformed_view=transformed_view
         )
@@ -307,11 +322,16 @@ class ViLSegTrainer(DefaultTrainer):
                 f"'sem_seg' datasets."
             )
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        classes = eval_classes(cfg, dataset_name)
+        if not is_vilseg(cfg) and cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES != len(classes):
+            raise ValueError(
+                f"The model predicts MODEL.SEM_SEG_HEAD.NUM_CLASSES = "
+                f"{cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES} classes, but {dataset_name} under "
+                f"TEST.VILSEG.VOCABULARY {cfg.TEST.VILSEG.VOCABULARY!r} has {len(classes)} "
+                f"({classes[:5]}...): its output channel k must be class k."
+            )
         return ViLSegSemSegEvaluator(
-            dataset_name,
-            distributed=True,
-            output_dir=output_folder,
-            classes=eval_classes(cfg, dataset_name),
+            dataset_name, distributed=True, output_dir=output_folder, classes=classes
         )
 
     @classmethod

@@ -9,11 +9,17 @@ import os
 from .register_captions import register_all_caption_datasets, register_caption_dataset
 from .register_coco_stuff import register_coco_stuff_164k
 from .register_pascal_context import register_pascal_context
+from .register_pseudo_labels import (
+    register_pseudo_label_dataset,
+    register_pseudo_label_datasets_from_config,
+)
 from .register_synthetic import default_synthetic_root, register_synthetic_world
 from .register_voc import register_voc_2012
 
 __all__ = [
     "register_caption_dataset",
+    "register_pseudo_label_dataset",
+    "register_pseudo_label_datasets_from_config",
     "register_synthetic_world",
     "default_synthetic_root",
     "register_all",
