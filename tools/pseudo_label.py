@@ -105,6 +105,7 @@ def main(args):
     load_eval_weights(cfg, model)
     model.eval()
     files = image_files(args)
+    stems = image_stems(files)  # unique, or an error before any labelling
     rank, world = comm.get_rank(), comm.get_world_size()
 
     def progress(items, total):
@@ -116,11 +117,11 @@ def main(args):
     logger.info(f"Labelled {done} images in this process ({len(files)} in all).")
     comm.synchronize()
     if comm.is_main_process():
-        stats = keep_most_confident(args.output, image_stems(files), classes, args.keep)
+        stats = keep_most_confident(args.output, stems, classes, args.keep)
         source = {"config": args.config_file, "weights": cfg.MODEL.WEIGHTS,
                   "inference_mode": cfg.MODEL.VILSEG.INFERENCE_MODE}  # fmt: skip
         write_manifest(args.output, name=args.name, classes=classes, keep=args.keep,
-                       source=source, stems=image_stems(files), images=files,
+                       source=source, stems=stems, images=files,
                        statistics=stats)  # fmt: skip
         lines = [f"{c:>16}: {s['pixels']:>10} px, kept {100 * s['kept_share']:5.1f}% "
                  f"(confidence >= {s['threshold']:.3f})" for c, s in stats.items()]  # fmt: skip

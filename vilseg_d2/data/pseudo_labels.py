@@ -40,18 +40,17 @@ LEVELS = 256  # confidences are stored as uint8: the kept share is exact up to t
 def image_stems(files: Sequence[str]) -> List[str]:
     """One output name per image: its file stem, which must be unique."""
     stems = [os.path.splitext(os.path.basename(f))[0] for f in files]
-    if len(set(stems)) != len(stems):
-        seen, dup = set(), None
-        for s, f in zip(stems, files):
-            if s in seen:
-                dup = f
-                break
-            seen.add(s)
-        raise ValueError(
-            f"Two images share the file stem of {dup}: pseudo-labels are named by stem, so give "
-            "images with distinct names."
-        )
-    return stems
+    first = {}
+    for stem, file in zip(stems, files):
+        dup = first.setdefault(stem, file)
+        if dup != file:
+            break
+    else:
+        return stems
+    raise ValueError(
+        f"{dup} and {file} share a file stem: pseudo-labels are named by stem, so give images "
+        "with distinct names."
+    )
 
 
 @torch.no_grad()

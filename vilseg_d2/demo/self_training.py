@@ -48,14 +48,15 @@ def self_training(args, cfg) -> dict:
     classes = eval_classes(teacher_cfg, target)
     files = [r["file_name"] for r in DatasetCatalog.get(cfg.DATASETS.TRAIN[0])][: args.st_images]
     root = os.path.join(args.output, "pseudo_labels")
+    stems = image_stems(files)
     write_pseudo_labels(
         teacher, files, eval_vocabulary(teacher_cfg, target), root,
         progress=lambda items, total: tqdm(items, total=total, desc="pseudo-labels"),
     )  # fmt: skip
-    stats = keep_most_confident(root, image_stems(files), classes, args.st_keep)
+    stats = keep_most_confident(root, stems, classes, args.st_keep)
     write_manifest(root, name=PSEUDO_LABELS, classes=classes, keep=args.st_keep,
                    source={"weights": teacher_cfg.MODEL.WEIGHTS, "inference": "config.yaml"},
-                   stems=image_stems(files), images=files, statistics=stats)  # fmt: skip
+                   stems=stems, images=files, statistics=stats)  # fmt: skip
     labelled = time.perf_counter() - start
     logger.info(
         f"Pseudo-labelled {len(files)} images in {labelled / 60:.1f} min; kept per class: "
