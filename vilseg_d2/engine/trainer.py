@@ -94,10 +94,10 @@ def is_vilseg(cfg) -> bool:
 def training_views(cfg, iteration: int) -> Dict[str, bool]:
     """Which auxiliary views the batch of training step ``iteration`` needs: ``local_crops``
     for L_vision, ``transformed_view`` (g(x)) for L_cluster. Neither before
-    ``MODEL.VILSEG.AUX_WARMUP_ITERS[0]``, never for an objective of weight 0, and never for a
-    model other than ViL-Seg."""
+    ``MODEL.VILSEG.AUX_WARMUP_ITERS[0]``, and never for an objective of weight 0 (another model
+    than ViL-Seg gets Detectron2's loader, which ignores them)."""
     v = cfg.MODEL.VILSEG
-    active = is_vilseg(cfg) and iteration >= int(v.AUX_WARMUP_ITERS[0])
+    active = iteration >= int(v.AUX_WARMUP_ITERS[0])
     return {
         "local_crops": active and v.VISION_WEIGHT > 0,
         "transformed_view": active and v.CLUSTER_WEIGHT > 0,
