@@ -152,7 +152,8 @@ def test_eval_config_carries_the_rows_inference(tmp_path):
 
 def test_ablation_seeds_resume_the_shared_l_cross_checkpoint(tmp_path):
     """Every column and seed starts at the iteration after the main run's L_cross phase, from its
-    checkpoint; the seeds change the batches; the table reports mean ± sample std."""
+    checkpoint; the seeds change the batches; the table reports mean ± sample std; a second run
+    reuses every recorded run."""
     generate_synthetic_world(
         str(tmp_path / "synthetic"), num_train=24, num_val=2, seed=0, num_workers=0
     )
@@ -188,6 +189,14 @@ def test_ablation_seeds_resume_the_shared_l_cross_checkpoint(tmp_path):
     table = (out / "results.md").read_text()
     assert "Table 2 (mean ± sample std over SEED 1, 2)" in table
     assert table.count(" ± ") >= 9  # three metrics for each of the three columns
+
+    # Run again: every run is recorded beside its model, so nothing is trained or evaluated anew.
+    run([*demo, "--ablation", "--seeds", "2", *schedule], tmp_path)
+    again = (out / "demo_log.txt").read_text()[len(log) :]
+    assert (
+        again.count("Recorded results of") == 6 and "Loading from " + ablation["start"] not in again
+    )
+    assert json.loads((out / "metrics.json").read_text())["ablation"] == ablation
 
 
 def test_precision_follows_what_the_cpu_computes(monkeypatch, caplog):

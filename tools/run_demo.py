@@ -111,9 +111,8 @@ def ensure_world(data_dir: str) -> None:
 def main(argv=None):
     args = parse_args(argv)
     os.makedirs(args.output, exist_ok=True)
-    setup_logger(output=os.path.join(args.output, "demo_log.txt"))
-    setup_logger(output=os.path.join(args.output, "demo_log.txt"), name="vilseg_d2")
-    setup_logger(name="vilseg_demo")
+    for name in ("detectron2", "vilseg_d2", "vilseg_demo"):
+        setup_logger(output=os.path.join(args.output, "demo_log.txt"), name=name)
     t0 = time.perf_counter()
     args.precision = training_precision(args.precision)
     ensure_world(args.data)

@@ -3,6 +3,7 @@ the clustering head, each branching from the model's end of the L_cross phase.""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -36,8 +37,11 @@ def run_ablation(args, cfg, held_out, classes) -> dict:
     """The paper's Table 2 over ``args.seeds`` seeds: every column and seed begins at the
     checkpoint that ended ``cfg``'s L_cross phase (its weights and iteration, a fresh optimizer:
     the columns train different parameters) and trains the phase with all three objectives with
-    its own SEED. Returns {"seeds", "start", column: {row: {"seeds": [results], metric +
-    "_mean" / "_std"}}}."""
+    its own SEED. Seed by seed (every column of SEED 1, then of SEED 2, ...); each run writes
+    its rows to ``results.json`` beside its model, and a run whose ``results.json`` matches its
+    ``model_final.pth`` is not evaluated again, so an interrupted ablation loses at most the run
+    in progress. Returns {"seeds", "start", column: {row: {"seeds": [results], metric + "_mean"
+    / "_std"}}}."""
     start = os.path.join(
         cfg.OUTPUT_DIR, f"model_{cfg.MODEL.VILSEG.AUX_WARMUP_ITERS[0] - 1:07d}.pth"
     )
@@ -47,15 +51,15 @@ def run_ablation(args, cfg, held_out, classes) -> dict:
             "the L_cross phase (SOLVER.CHECKPOINT_PERIOD must divide AUX_WARMUP_ITERS[0])."
         )
     seeds = list(range(1, args.seeds + 1))
-    out = {"seeds": seeds, "start": start}
-    for column, (sub, extra, modes) in demo_runs(True).items():
-        per_seed = []
-        for seed in seeds:
+    runs = {column: [] for column in demo_runs(True)}
+    for seed in seeds:
+        for column, (sub, extra, modes) in demo_runs(True).items():
             folder = os.path.join(args.output, "ablation", f"{sub}_seed{seed}")
             run_cfg = make_cfg(args, folder, (*extra, "SEED", seed))
-            model, seconds = train(run_cfg, start)
-            per_seed.append(evaluate_rows(run_cfg, model, modes, held_out, classes))
-            logger.info(f"{column}, SEED {seed}: trained in {seconds / 60:.1f} min")
+            runs[column].append(_run(run_cfg, start, modes, held_out, classes))
+            logger.info(f"{column}, SEED {seed}: " + _summary(runs[column][-1]))
+    out = {"seeds": seeds, "start": start}
+    for column, per_seed in runs.items():
         out[column] = {}
         for row in per_seed[0]:
             results = [rows[row] for rows in per_seed]
@@ -66,6 +70,36 @@ def run_ablation(args, cfg, held_out, classes) -> dict:
                 summary[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
             out[column][row] = summary
     return out
+
+
+def _run(cfg, start: str, modes, held_out, classes) -> dict:
+    """One column and seed: trained (or reused) and evaluated, or its recorded rows when
+    ``results.json`` was written for the ``model_final.pth`` that is there now."""
+    record = os.path.join(cfg.OUTPUT_DIR, "results.json")
+    final = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+    if os.path.isfile(record) and os.path.isfile(final):
+        with open(record) as f:
+            saved = json.load(f)
+        if saved.get("model") == _fingerprint(final):
+            logger.info(f"Recorded results of {final}: {record}")
+            return saved["rows"]
+    model, seconds = train(cfg, start)
+    rows = evaluate_rows(cfg, model, modes, held_out, classes)
+    for r in rows.values():
+        r["train_seconds"] = seconds
+    with open(record, "w") as f:
+        json.dump({"model": _fingerprint(final), "rows": rows}, f, indent=2)
+    return rows
+
+
+def _fingerprint(path: str) -> list:
+    """Size and modification time of a file: which model a record belongs to."""
+    stat = os.stat(path)
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def _summary(rows: dict) -> str:
+    return ", ".join(f"{row} mIoU {r['mIoU']:.1f}" for row, r in rows.items())
 
 
 def ablation_table(ablation: dict) -> str:
