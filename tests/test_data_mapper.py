@@ -20,6 +20,12 @@ def _mapper(**kw):
     return ViLSegCaptionDatasetMapper(**args)
 
 
+def _recolouring_mapper(fmt, view):
+    """A mapper whose ``view`` ("local" or "global") is the whole 60 px image, recoloured."""
+    settings = {"scale": (1.0, 1.0), "size": 60, "color_mul": 0.8, "color_add": 0.3}
+    return _mapper(image_format=fmt, **{f"{view}_{k}": v for k, v in settings.items()})
+
+
 @pytest.fixture(autouse=True)
 def _np_seed():
     np.random.seed(0)
@@ -116,13 +122,7 @@ def test_local_crops_recoloured_and_grayscale(fmt):
     assert (gray["local_crops"][0][0].double() - luma).abs().max() <= 1.0
     assert not torch.equal(gray["image"][0], gray["image"][1])  # the global view keeps its colours
 
-    coloured = _mapper(
-        image_format=fmt,
-        local_scale=(1.0, 1.0),
-        local_size=60,
-        local_color_mul=0.8,
-        local_color_add=0.3,
-    )
+    coloured = _recolouring_mapper(fmt, "local")
     crops = coloured({"image_bytes": data, "caption": "x"})["local_crops"]
     assert all(
         not torch.equal(c.double(), ref) for c in crops
@@ -157,13 +157,7 @@ def test_global_view_recoloured_and_grayscale(fmt):
     tf = tf.flip(-1) if out["flip"] else tf
     assert np.corrcoef(tf[0].flatten(), out["image"][0].double().flatten())[0, 1] > 0.9
 
-    coloured = _mapper(
-        image_format=fmt,
-        global_scale=(1.0, 1.0),
-        global_size=60,
-        global_color_mul=0.8,
-        global_color_add=0.3,
-    )
+    coloured = _recolouring_mapper(fmt, "global")
     views = [coloured({"image_bytes": data, "caption": "x"})["image"] for _ in range(2)]
     assert all(not torch.equal(v, ref["image"]) for v in views) and not torch.equal(
         views[0], views[1]

@@ -24,7 +24,9 @@ from .mask_refinement import check_dilations, local_affinity, refine_masks
 __all__ = ["ViLSegSegmenter", "PixelEncoder", "ImageRegions", "INFERENCE_MODES"]
 
 INFERENCE_MODES = ("online", "kmeans", "dense")
-Sizes = Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int]]
+Size = Tuple[int, int]  # (height, width)
+Sizes = Tuple[Size, Size, Size]
+Labels = Tuple[torch.Tensor, torch.Tensor]  # K x H x W class scores, H x W cluster (or class) ids
 
 
 class PixelEncoder(NamedTuple):
@@ -149,12 +151,8 @@ class ViLSegSegmenter:
         return self.bg_threshold > 0 or self.bg_global_similarity > 0
 
     def segment(
-        self,
-        image: torch.Tensor,
-        text: torch.Tensor,
-        encoder: PixelEncoder,
-        output_size: Tuple[int, int],
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        self, image: torch.Tensor, text: torch.Tensor, encoder: PixelEncoder, output_size: Size
+    ) -> Labels:
         """Segment one image, refined if ``refine_iters`` > 0.
 
         Args:
@@ -187,12 +185,8 @@ class ViLSegSegmenter:
         return local_affinity(image, dilations=self.refine_dilations)
 
     def segment_windows(
-        self,
-        image: torch.Tensor,
-        text: torch.Tensor,
-        encoder: PixelEncoder,
-        output_size: Tuple[int, int],
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        self, image: torch.Tensor, text: torch.Tensor, encoder: PixelEncoder, output_size: Size
+    ) -> Labels:
         """Segment one normalised image (3 x H x W), whole or window by window; no refinement.
 
         The clustering modes resize their C cluster logits to ``output_size`` and then look up
