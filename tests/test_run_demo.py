@@ -233,13 +233,19 @@ def test_self_training_adds_the_students_row(tmp_path):
          "--st-opts", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "2", "SOLVER.LOG_PERIOD",
          "1", "DATALOADER.NUM_WORKERS", "0",
          "--", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "2", "SOLVER.WARMUP_ITERS", "0",
-         "MODEL.VILSEG.REFINE_ITERS", "0", "DATALOADER.NUM_WORKERS", "0"], tmp_path)  # fmt: skip
-    student = json.loads((out / "metrics.json").read_text())["ViL-Seg + ST"]["student"]
+         "MODEL.VILSEG.REFINE_ITERS", "2", "DATALOADER.NUM_WORKERS", "0"], tmp_path)  # fmt: skip
+    rows = json.loads((out / "metrics.json").read_text())["ViL-Seg + ST"]
+    student, refined = rows["student"], rows["student, refined"]
     assert student["pseudo_labels"]["images"] == 6 and 0 <= student["mIoU"] <= 100
     assert sorted(training_metrics(out / "self_training")) == [0, 1]
-    assert "| ViL-Seg + ST | student: SemSegFPNHead | none |" in (out / "results.md").read_text()
+    table = (out / "results.md").read_text()
+    assert "| ViL-Seg + ST | student: SemSegFPNHead | none |" in table
+    assert "| ViL-Seg + ST | student: SemSegFPNHead | PAMR, 2 steps |" in table
     from vilseg_d2.config import get_vilseg_cfg
 
-    written = get_vilseg_cfg(student["config"])
-    assert written.MODEL.WEIGHTS == str(out / "self_training" / "model_final.pth")
-    assert written.MODEL.META_ARCHITECTURE == "SemanticSegmentor"
+    for row, architecture, iters in ((student, "SemanticSegmentor", 0),
+                                     (refined, "RefinedSemanticSegmentor", 2)):  # fmt: skip
+        written = get_vilseg_cfg(row["config"])
+        assert written.MODEL.WEIGHTS == str(out / "self_training" / "model_final.pth")
+        assert written.MODEL.META_ARCHITECTURE == architecture
+        assert written.MODEL.VILSEG.REFINE_ITERS == iters == row["refine_iters"]

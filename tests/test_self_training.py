@@ -124,3 +124,41 @@ def test_pseudo_label_then_train_and_evaluate_the_student(tmp_path):
               tmp_path)  # fmt: skip
     results = json.loads((student / "eval_results.json").read_text())["sem_seg"]
     assert 0 <= results["mIoU"] <= 100 and "Loading from" in log
+
+
+def test_refined_student_is_the_student_with_pamr(tmp_path):
+    """RefinedSemanticSegmentor loads a SemanticSegmentor checkpoint as is, equals it without
+    refinement, and with refinement returns PAMR's vote shares of the student's scores (at the
+    output size, the image resized to it)."""
+    from vilseg_d2.modeling import refine_masks
+
+    opts = ["MODEL.DEVICE", "cpu", "DATASETS.TEST", "()", "MODEL.WEIGHTS", ""]
+    torch.manual_seed(0)
+    student = build_model(get_vilseg_cfg(STUDENT_CONFIG, opts)).eval()
+    ViLSegCheckpointer(student, str(tmp_path)).save("model_final")
+    refined_opts = [*opts, "MODEL.META_ARCHITECTURE", "RefinedSemanticSegmentor"]
+    image = torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8)
+    inputs = [{"image": image, "height": 32, "width": 48}]
+    with torch.no_grad():
+        plain = student(inputs)[0]["sem_seg"]
+        for iters in (0, 3):
+            cfg = get_vilseg_cfg(
+                STUDENT_CONFIG, [*refined_opts, "MODEL.VILSEG.REFINE_ITERS", iters]
+            )
+            refined = build_model(cfg).eval()
+            incompatible = refined.load_state_dict(student.state_dict())
+            assert not incompatible.missing_keys and not incompatible.unexpected_keys
+            out = refined(inputs)[0]["sem_seg"]
+            if iters == 0:
+                torch.testing.assert_close(out, plain)
+                continue
+            small = torch.nn.functional.interpolate(
+                ((image.float() - refined.pixel_mean) / refined.pixel_std)[None], size=(32, 48),
+                mode="bilinear", align_corners=False,
+            )[0]  # fmt: skip
+            torch.testing.assert_close(out, refine_masks(small, plain, iterations=3))
+            assert out.shape == (9, 32, 48) and torch.allclose(out.sum(0), torch.ones(32, 48))
+    with pytest.raises(ValueError, match="REFINE_ITERS"):
+        build_model(
+            get_vilseg_cfg(STUDENT_CONFIG, [*refined_opts, "MODEL.VILSEG.REFINE_ITERS", -1])
+        )

@@ -37,7 +37,8 @@ def self_training(args, cfg) -> dict:
 
     Returns:
         {"train_seconds": pseudo-labelling + the student's training, "student": its results
-        (SemSegEvaluator's, plus the pseudo-label statistics)}.
+        (SemSegEvaluator's, plus the pseudo-label statistics), and, when the demo's config
+        refines masks, "student, refined": the same student with that refinement}.
     """
     start = time.perf_counter()
     teacher_cfg = get_vilseg_cfg(os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
@@ -71,13 +72,37 @@ def self_training(args, cfg) -> dict:
     ])  # fmt: skip
     register_pseudo_label_datasets_from_config(st_cfg)
     student, seconds = train(st_cfg)
-    result = evaluate(st_cfg, student, None)
-    written = st_cfg.clone()
-    written.MODEL.WEIGHTS = os.path.join(st_cfg.OUTPUT_DIR, "model_final.pth")
-    config = os.path.join(st_cfg.OUTPUT_DIR, "config.yaml")
-    with open(config, "w") as f:
-        f.write(written.dump())
-    result.update(mode=STUDENT, refine_iters=0, background=None, config=config,
-                  pseudo_labels={"images": len(files), "keep": args.st_keep,
-                                 "seconds": labelled, "statistics": stats})  # fmt: skip
-    return {"train_seconds": labelled + seconds, "student": result}
+    pseudo_labels = {"images": len(files), "keep": args.st_keep, "seconds": labelled,
+                     "statistics": stats}  # fmt: skip
+    rows = {}
+    if cfg.MODEL.VILSEG.REFINE_ITERS:  # as ViL-Seg's refined rows: PAMR on the student's output
+        refined_cfg, config = student_eval_config(
+            st_cfg, "eval_refined", cfg.MODEL.VILSEG.REFINE_ITERS
+        )
+        refined = ViLSegTrainer.build_model(refined_cfg)
+        load_eval_weights(refined_cfg, refined)
+        rows["student, refined"] = evaluate(refined_cfg, refined, None)
+        rows["student, refined"].update(mode=STUDENT, refine_iters=refined.refine_iters,
+                                        background=None, config=config)  # fmt: skip
+    _, config = student_eval_config(st_cfg, "config")
+    rows["student"] = evaluate(st_cfg, student, None)
+    rows["student"].update(mode=STUDENT, refine_iters=0, background=None,
+                           config=config, pseudo_labels=pseudo_labels)  # fmt: skip
+    return {"train_seconds": labelled + seconds, **rows}
+
+
+def student_eval_config(st_cfg, name: str, refine_iters: int = 0):
+    """Write ``<OUTPUT_DIR>/<name>.yaml``: the student's config with its final weights, as
+    Detectron2's stock ``SemanticSegmentor`` or, with ``refine_iters`` > 0, as the
+    :class:`RefinedSemanticSegmentor` that refines its output (same weights). Returns the config
+    and the path."""
+    out = st_cfg.clone()
+    out.defrost()
+    out.MODEL.WEIGHTS = os.path.join(st_cfg.OUTPUT_DIR, "model_final.pth")
+    if refine_iters:
+        out.MODEL.META_ARCHITECTURE = "RefinedSemanticSegmentor"
+    out.MODEL.VILSEG.REFINE_ITERS = refine_iters
+    path = os.path.join(st_cfg.OUTPUT_DIR, f"{name}.yaml")
+    with open(path, "w") as f:
+        f.write(out.dump())
+    return out, path

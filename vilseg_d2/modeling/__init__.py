@@ -20,6 +20,7 @@ from .losses import (  # noqa: E402
 from .mask_refinement import local_affinity, refine_masks  # noqa: E402
 from .meta_arch import ViLSeg  # noqa: E402
 from .projection_head import ViLSegProjectionHead  # noqa: E402
+from .refined_segmentor import RefinedSemanticSegmentor  # noqa: E402
 from .segmenter import ViLSegSegmenter  # noqa: E402
 from .teacher import MomentumTeacher  # noqa: E402
 from .text_encoder import ViLSegTextEncoder, duplicate_classes, parse_vocabulary  # noqa: E402
@@ -30,6 +31,7 @@ __all__ = [
     "ViLSegClusteringHead",
     "ViLSegCriterion",
     "ViLSegProjectionHead",
+    "RefinedSemanticSegmentor",
     "ViLSegSegmenter",
     "MomentumTeacher",
     "ViLSegTextEncoder",
