@@ -19,7 +19,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["check_dilations", "local_affinity", "refine_masks"]
+__all__ = ["check_dilations", "check_refinement_config", "local_affinity", "refine_masks"]
 
 
 def check_dilations(dilations: Sequence[int]) -> None:
@@ -29,6 +29,17 @@ def check_dilations(dilations: Sequence[int]) -> None:
         raise ValueError(
             f"Refinement dilations must be positive pixel counts, got {tuple(dilations)}."
         )
+
+
+def check_refinement_config(iterations: int, dilations: Sequence[int]) -> None:
+    """Raise ``ValueError``, naming ``MODEL.VILSEG.REFINE_ITERS`` / ``REFINE_DILATIONS``, unless
+    ``iterations`` >= 0 and :func:`check_dilations` accepts ``dilations``."""
+    if iterations < 0:
+        raise ValueError(f"MODEL.VILSEG.REFINE_ITERS must be >= 0, got {iterations}.")
+    try:
+        check_dilations(dilations)
+    except ValueError as e:
+        raise ValueError(f"MODEL.VILSEG.REFINE_DILATIONS: {e}") from None
 
 
 def _offsets(dilations: Sequence[int]) -> List[Tuple[int, int]]:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, SemanticSegmentor
 
-from .mask_refinement import check_dilations, refine_masks
+from .mask_refinement import check_refinement_config, refine_masks
 
 __all__ = ["RefinedSemanticSegmentor"]
 
@@ -36,12 +36,7 @@ class RefinedSemanticSegmentor(SemanticSegmentor):
             kwargs: :class:`SemanticSegmentor`'s (backbone, sem_seg_head, pixel_mean, pixel_std).
         """
         super().__init__(**kwargs)
-        if refine_iters < 0:
-            raise ValueError(f"MODEL.VILSEG.REFINE_ITERS must be >= 0, got {refine_iters}.")
-        try:
-            check_dilations(refine_dilations)
-        except ValueError as e:
-            raise ValueError(f"MODEL.VILSEG.REFINE_DILATIONS: {e}") from None
+        check_refinement_config(refine_iters, refine_dilations)
         self.refine_iters = refine_iters
         self.refine_dilations = tuple(refine_dilations)
 

@@ -19,7 +19,7 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 
 from .kmeans import kmeans
-from .mask_refinement import check_dilations, local_affinity, refine_masks
+from .mask_refinement import check_refinement_config, local_affinity, refine_masks
 
 __all__ = ["ViLSegSegmenter", "PixelEncoder", "ImageRegions", "INFERENCE_MODES"]
 
@@ -112,12 +112,7 @@ class ViLSegSegmenter:
             raise ValueError(
                 f"MODEL.VILSEG.INFERENCE_MODE must be one of {INFERENCE_MODES}, got {mode!r}."
             )
-        if refine_iters < 0:
-            raise ValueError(f"MODEL.VILSEG.REFINE_ITERS must be >= 0, got {refine_iters}.")
-        try:
-            check_dilations(refine_dilations)
-        except ValueError as e:
-            raise ValueError(f"MODEL.VILSEG.REFINE_DILATIONS: {e}") from None
+        check_refinement_config(refine_iters, refine_dilations)
         self.mode = mode
         self.num_clusters = num_clusters
         self.kmeans_iters = kmeans_iters
