@@ -17,6 +17,12 @@ def add_vilseg_backbone_config(cfg: CN) -> None:
     cfg.MODEL.OPEN_CLIP.PRETRAINED = ""
     # Where open_clip caches downloaded weights ("" = its default).
     cfg.MODEL.OPEN_CLIP.CACHE_DIR = ""
+    # The towers' self-attention kernel: "auto" = batched matmuls on the CPU for sequences of up
+    # to 1,024 tokens (several times faster there than PyTorch's fused CPU kernel), PyTorch's
+    # scaled_dot_product_attention otherwise (flash / memory-efficient attention on CUDA);
+    # "math" or "sdpa" = that one everywhere; "native" = open_clip's nn.MultiheadAttention as is.
+    # The same weights and checkpoints with any of them.
+    cfg.MODEL.OPEN_CLIP.ATTENTION = "auto"
 
     cfg.MODEL.CLIP_VIT = CN()
     # "emb": per-token embeddings in the joint space (proj(ln_post(token))), D channels.
@@ -32,6 +38,9 @@ def add_vilseg_backbone_config(cfg: CN) -> None:
     cfg.MODEL.CLIP_VIT.CONV_STEM_NORM = "LN"
     # Extra stride-1 3x3 convs after each stride-2 conv of the stem (0 = one conv per stage).
     cfg.MODEL.CLIP_VIT.CONV_STEM_DEPTH = 0
+    # Run the conv stem in the channels-last memory layout (faster oneDNN convolutions on CPU; the
+    # same results). No effect without CONV_STEM.
+    cfg.MODEL.CLIP_VIT.CHANNELS_LAST = True
     cfg.MODEL.CLIP_VIT.GRAD_CHECKPOINTING = False
     cfg.MODEL.CLIP_VIT.FREEZE = False
 
@@ -112,6 +121,9 @@ def add_vilseg_config(cfg: CN) -> None:
     # "single" = "a photo of a {}." as the paper; "imagenet" = CLIP's 80 ImageNet templates.
     cfg.MODEL.VILSEG.TEXT.TEMPLATES = "single"
     cfg.MODEL.VILSEG.TEXT.FREEZE = False
+    # Run the text tower on the batch's longest text rather than the whole context where that
+    # gives the same embeddings (open_clip's CLIP: causal mask, pooled at the end-of-text token).
+    cfg.MODEL.VILSEG.TEXT.TRIM_PADDING = True
 
     # Training views (DESIGN section 5).
     cfg.INPUT.VILSEG = CN()
@@ -169,6 +181,13 @@ def add_vilseg_config(cfg: CN) -> None:
     # The same for the projection head Phi_a of L_vision.
     cfg.SOLVER.PROJECTION_HEAD_LR_MULTIPLIER = 1.0
     cfg.SOLVER.BETAS = (0.9, 0.98)
+    # AdamW as one fused kernel per step where PyTorch has it (CPU and CUDA); False = its
+    # multi-tensor (foreach) implementation. The same update up to float rounding.
+    cfg.SOLVER.FUSED_OPTIMIZER = True
+    # torch.compile the image and text transformers for training (compiled once per input shape;
+    # the compile time is paid at the first steps). Off: on the tiny config it did not pay off its
+    # compile time (docs/benchmarks.md).
+    cfg.SOLVER.COMPILE = False
     cfg.SOLVER.EPS = 1e-6
     # "bf16" | "fp16" for the AMP autocast dtype, on CUDA or CPU; enable with SOLVER.AMP.ENABLED.
     # fp16 adds a GradScaler (checkpointed with the trainer).
