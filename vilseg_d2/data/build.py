@@ -20,6 +20,7 @@ from .caption_datasets import (
 )
 from .caption_mapper import ViLSegCaptionDatasetMapper
 from .caption_stream import CaptionTrainStream, MapStyleCaptionSource, ShardCaptionSource
+from .collate import caption_batch_collator
 from .datasets.register_captions import register_caption_datasets_from_config, require_file
 from .datasets.register_sem_seg import DatasetNotRegisteredError
 from .skip_tracker import SkippedRecordsError
@@ -173,7 +174,11 @@ def build_caption_source(
     return source, float(source.num_records)
 
 
-def build_caption_train_loader(cfg, mapper: Callable[[dict], dict] | None = None):
+def build_caption_train_loader(
+    cfg,
+    mapper: Callable[[dict], dict] | None = None,
+    collate_fn: Callable[[list], list] = caption_batch_collator,
+):
     """Build ViL-Seg's training loader, like Detectron2's ``build_detection_train_loader``.
 
     Registers ``cfg.DATASETS.CAPTION_DATASETS``, then reads ``cfg.DATASETS.TRAIN`` (caption
@@ -186,6 +191,8 @@ def build_caption_train_loader(cfg, mapper: Callable[[dict], dict] | None = None
     Args:
         cfg: a config with :func:`add_vilseg_config` keys.
         mapper: record -> sample; default ``ViLSegCaptionDatasetMapper(cfg, True)``.
+        collate_fn: the DataLoader's; the default packs a worker's batch into one tensor per
+            key for the trip to the trainer (:mod:`vilseg_d2.data.collate`).
 
     Returns:
         An infinite iterable of ``list[dict]`` (this rank's batch of mapper outputs); its
@@ -233,4 +240,5 @@ def build_caption_train_loader(cfg, mapper: Callable[[dict], dict] | None = None
         cfg.SOLVER.IMS_PER_BATCH,
         aspect_ratio_grouping=False,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
+        collate_fn=collate_fn,
     )

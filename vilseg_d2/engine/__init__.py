@@ -4,7 +4,12 @@ predictor."""
 from .checkpoint import ViLSegCheckpointer, load_eval_weights
 from .optimizer import build_vilseg_optimizer
 from .predictor import ViLSegPredictor
-from .train_loop import AutocastTrainer, check_losses_finite, cpu_has_native
+from .train_loop import (
+    AutocastTrainer,
+    check_losses_finite,
+    compile_transformers,
+    cpu_has_native,
+)
 from .trainer import ViLSegTrainer, eval_classes, eval_vocabulary, training_views
 
 __all__ = [
@@ -14,6 +19,7 @@ __all__ = [
     "ViLSegTrainer",
     "build_vilseg_optimizer",
     "check_losses_finite",
+    "compile_transformers",
     "cpu_has_native",
     "eval_classes",
     "eval_vocabulary",

@@ -11,7 +11,7 @@ import torch
 from detectron2.engine import SimpleTrainer
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-__all__ = ["AutocastTrainer", "check_losses_finite", "cpu_has_native"]
+__all__ = ["AutocastTrainer", "check_losses_finite", "compile_transformers", "cpu_has_native"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,18 @@ def cpu_has_native(dtype: torch.dtype) -> bool:
         return bool(getattr(torch.ops.mkldnn, check)())
     except (AttributeError, RuntimeError):  # a build without oneDNN: nothing is native
         return False
+
+
+def compile_transformers(model: torch.nn.Module) -> int:
+    """``torch.compile`` every open_clip ``Transformer`` (the image and text towers' blocks, and
+    the momentum teacher's) in place (``nn.Module.compile``: parameter names and checkpoints are
+    unchanged). Returns how many were compiled (``SOLVER.COMPILE``)."""
+    from open_clip.transformer import Transformer
+
+    towers = [m for m in model.modules() if isinstance(m, Transformer)]
+    for m in towers:
+        m.compile()
+    return len(towers)
 
 
 def check_losses_finite(loss_dict: dict, iteration: int) -> None:

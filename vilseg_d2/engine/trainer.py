@@ -25,7 +25,7 @@ from ..data.datasets.register_sem_seg import class_prompts, require_sem_seg_data
 from ..evaluation import ViLSegSemSegEvaluator
 from .checkpoint import ViLSegCheckpointer
 from .optimizer import build_vilseg_optimizer
-from .train_loop import AutocastTrainer
+from .train_loop import AutocastTrainer, compile_transformers
 
 __all__ = [
     "ViLSegTrainer",
@@ -186,6 +186,8 @@ class ViLSegTrainer(DefaultTrainer):
         _warn_if_aux_objectives_never_train(cfg)
         require_test_datasets(cfg)
         model = self.build_model(cfg)
+        if cfg.SOLVER.COMPILE:
+            logger.info(f"SOLVER.COMPILE: {compile_transformers(model)} transformers compiled.")
         optimizer = self.build_optimizer(cfg, model)
         self._views = training_views(cfg, 0)
         data_loader = self.build_train_loader(cfg, **self._views)
