@@ -176,3 +176,27 @@ def test_config_targets_only_what_was_measured():
     assert set(targets) == {"x/online_over_backbone_fp32", "x/online_speedup_over_kmeans_fp32"}
     assert targets["x/online_over_backbone_fp32"]["met"] is True
     assert targets["x/online_speedup_over_kmeans_fp32"]["measured"] == 2.0 / 1.05
+
+
+def test_training_profile(tmp_path):
+    """``--profile training``: the step before and after the CPU tuning, A/B, with the top
+    operators of each (tiny: the L_cross step at batch 8, one repetition)."""
+    out = tmp_path / "training.json"
+    cmd = [sys.executable, os.path.join(REPO, "tools", "benchmark.py"), "--profile", "training"]
+    cmd += ["--tiny", "--threads", "1", "--output", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| tiny_cross | batch 8, bf16 |" in proc.stdout
+    with open(out, encoding="utf-8") as f:
+        step = json.load(f)["training_profile"]["tiny_cross"]
+    assert step["phase"] == "cross" and step["batch"] == 8
+    assert "MODEL.OPEN_CLIP.ATTENTION" in step["before_opts"]
+    for variant in ("before", "now"):
+        assert len(step[variant]["times_s"]) == 1 and _positive(step[variant]["median_s"])
+        ops = step["top_operators"][variant]
+        assert ops and all(_positive(op["self_cpu_ms_per_step"]) for op in ops)
+        assert 0 < sum(op["share"] for op in ops) <= 1.0 + 1e-6
+    assert step["speedup"] == pytest.approx(step["before"]["median_s"] / step["now"]["median_s"])
+    # open_clip's attention is what "before" runs; the tuned step has no fused CPU kernel
+    names = {op["name"] for op in step["top_operators"]["now"]}
+    assert not any("flash_attention" in n for n in names)

@@ -25,6 +25,14 @@ Sections (``--sections``, default all):
 * ``loader``: the caption mapper's samples/s on one thread and the training loader's samples/s
   with 2 workers, on a small synthetic world written to a temporary folder (tiny config).
 
+``--profile training`` measures instead the training step before and after its CPU tuning, A/B in
+one process (``vilseg_d2/benchmark/training_profile.py``): the demo config's L_cross step and its
+all-objective step at its batch of 256, and ViT-B/16's all-objective step at batch 8, with the
+top operators of each, the compiled L_cross step (``SOLVER.COMPILE``, compile time apart) and the
+L_cross step fed by its caption loader::
+
+    tools/benchmark.py --profile training --output training.json
+
 Every figure is the median of several repetitions after warm-up; slow items use fewer
 repetitions (each figure records its own ``warmup`` and ``reps``). The JSON also holds the
 machine (CPU model, torch threads), the settings and the issue's targets with ``met`` flags.
@@ -75,11 +83,13 @@ from vilseg_d2.benchmark.plan import (
 from vilseg_d2.benchmark.report import (
     config_targets,
     format_table,
+    format_training_profile,
     load_average,
     loader_target,
     machine_info,
     target_configs,
 )
+from vilseg_d2.benchmark.training_profile import default_steps, training_profile
 from vilseg_d2.benchmark.worker import clip_comparison, run_worker
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -159,6 +169,12 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     p.add_argument(
+        "--profile",
+        choices=("sections", "training"),
+        default="sections",
+        help="'training': the training step before / after its CPU tuning, A/B (not the sections)",
+    )
+    p.add_argument(
         "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides, KEY VALUE ..."
     )
     return p
@@ -195,6 +211,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         },
         "configs": {},
     }
+    if args.profile == "training":
+        return _training_profile(args, results, start)
     for path in files:
         cfg = load_cfg(path, args.opts)
         profile = profile_for(
@@ -221,6 +239,20 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     errors = [e for res in results["configs"].values() for e in res.get("errors", [])]
     if errors:
         raise SystemExit("Some measurements failed: " + "; ".join(errors))
+    return results
+
+
+def _training_profile(args, results: Dict, start: float) -> Dict:
+    """``--profile training``: the A/B of the training step, JSON and a short table."""
+    results["training_profile"] = training_profile(
+        default_steps(TINY_CONFIG, VITB16_CONFIG, quick=args.tiny), args.opts
+    )
+    results["total_s"] = time.perf_counter() - start
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1)
+    print(format_training_profile(results["training_profile"]))
+    print(f"\ntotal {results['total_s']:.0f} s; JSON: {args.output}")
     return results
 
 

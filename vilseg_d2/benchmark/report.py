@@ -13,7 +13,14 @@ import torch
 from ..analysis.planning import GIB
 from .plan import DTYPES
 
-__all__ = ["config_targets", "format_table", "loader_target", "machine_info", "target_configs"]
+__all__ = [
+    "config_targets",
+    "format_table",
+    "format_training_profile",
+    "loader_target",
+    "machine_info",
+    "target_configs",
+]
 
 
 def machine_info() -> Dict:
@@ -213,3 +220,29 @@ def clip_comparison_rows(results: Dict) -> List[str]:
 
 def _md_row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cells) + " |"
+
+
+def format_training_profile(profile: Dict) -> str:
+    """The training profile as a Markdown table: before / now medians and the speed-up, then the
+    compiled and loader-fed variants where measured."""
+    rows = [_md_row(("step", "variant", "before s", "now s", "speed-up", "reps"))]
+    rows.append(_md_row(("---",) * 6))
+
+    def row(name: str, variant: str, before: Optional[float], now: float, reps: int) -> str:
+        speedup = f"{before / now:.2f}x" if before else ""
+        before_s = f"{before:.3f}" if before else ""
+        return _md_row((name, variant, before_s, f"{now:.3f}", speedup, str(reps)))
+
+    for name, res in profile.items():
+        before = res["before"]["median_s"]
+        variant = f"batch {res['batch']}, {res['dtype']}"
+        rows.append(row(name, variant, before, res["now"]["median_s"], res["now"]["reps"]))
+        if "fed" in res:
+            fed = res["fed"]
+            rows.append(row(name, "fed by its loader (1 worker)", fed["before"]["median_s"],
+                            fed["now"]["median_s"], fed["now"]["reps"]))  # fmt: skip
+        if "compile" in res:
+            c = res["compile"]
+            variant = f"SOLVER.COMPILE (compile {c['compile_s']:.0f} s)"
+            rows.append(row(name, variant, before, c["median_s"], c["reps"]))
+    return "\n".join(rows)
