@@ -66,8 +66,11 @@ MIB = 1024**2
 
 
 def setup(args):
-    """The config, on the CPU."""
-    return get_vilseg_cfg(args.config_file, list(args.opts) + ["MODEL.DEVICE", "cpu"])
+    """The config, on the CPU, with attention through PyTorch's scaled_dot_product_attention
+    (``--attention`` picks its kernel) as a GPU runs it, not the CPU's batched matmuls that
+    ``MODEL.OPEN_CLIP.ATTENTION "auto"`` would use here."""
+    gpu_like = ["MODEL.OPEN_CLIP.ATTENTION", "sdpa", "MODEL.DEVICE", "cpu"]
+    return get_vilseg_cfg(args.config_file, list(args.opts) + gpu_like)
 
 
 def do_parameter(model, cfg, args) -> Dict:

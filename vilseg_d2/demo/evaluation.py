@@ -3,6 +3,7 @@ evaluated in its inference modes with SemSegEvaluator, the table, and the pictur
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -25,6 +26,21 @@ MODES = ("online", "kmeans", "dense")
 # The background rules tried on the held-out world (BG_THRESHOLD, BG_GLOBAL_SIMILARITY).
 BACKGROUND_GRID = list(itertools.product((0.9, 0.95, 0.98, 0.995), (0.0, 0.6, 0.7, 0.8)))
 STUDENT = "student: SemSegFPNHead"
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run the block on one torch thread. The demo segments 128 x 128 images one by one, whose
+    many small operators gain nothing from a second thread and lose much when it has to be woken
+    or the other core is busy: the K-means rule choice on 60 held-out images took 11 s on one
+    thread, 13 s on two with sleeping OpenMP threads, 123 s on two with spinning ones while a
+    second process ran (docs/benchmarks.md)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def held_out_world(data_dir: str, count: int) -> list:
@@ -102,8 +118,11 @@ def evaluate_rows(cfg, model, modes, held_out, classes) -> dict:
     for mode in modes:
         for iters in refinements:
             model.refine_iters = iters
-            background = calibrate_background(model, mode, held_out, classes) if held_out else None
-            result = evaluate(cfg, model, mode)
+            with one_thread():
+                background = (
+                    calibrate_background(model, mode, held_out, classes) if held_out else None
+                )
+                result = evaluate(cfg, model, mode)
             row = mode if iters == refinements[0] else f"{mode}_unrefined"
             config = write_eval_config(cfg, model, f"eval_{row}")
             if row == modes[0]:  # the model's own inference: config.yaml beside it
@@ -126,7 +145,12 @@ def draw_pictures(cfg, model, out_dir: str, count: int) -> None:
     meta = MetadataCatalog.get(name)
     model.inference_mode = "online"
     model.eval()
-    for record in DatasetCatalog.get(name)[:count]:
+    with one_thread():
+        _draw(model, DatasetCatalog.get(name)[:count], meta, out_dir)
+
+
+def _draw(model, records, meta, out_dir: str) -> None:
+    for record in records:
         rgb = np.asarray(Image.open(record["file_name"]).convert("RGB"))
         gt = np.asarray(Image.open(record["sem_seg_file_name"]))
         with torch.no_grad():

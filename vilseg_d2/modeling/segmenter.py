@@ -1,8 +1,9 @@
 """``ViLSegSegmenter``: ViL-Seg's inference, from pixel embeddings and a vocabulary to class maps.
 
-The three modes (``online``: the clustering head, the paper; ``kmeans``: per-image K-means, the
-paper's offline baseline; ``dense``: per-pixel matching, which on pretrained CLIP towers is the
-paper's "CLIP + Seg"), region pooling, the background rules, sliding windows and mask refinement.
+The modes (``online``: the clustering head, the paper; ``kmeans``: per-image K-means;
+``kmeans_dataset``: nearest of C centroids fit once with K-means on caption-training images, the
+paper's offline baseline read as post-processing whose clusters do not adapt per image; ``dense``:
+per-pixel matching, which on pretrained CLIP towers is the paper's "CLIP + Seg"), region pooling, the background rules, sliding windows and mask refinement.
 It holds settings only: the networks it needs come in a :class:`PixelEncoder` at each call, so it
 can also segment embeddings computed elsewhere (:meth:`ViLSegSegmenter.embedding_regions` +
 :meth:`ViLSegSegmenter.score`).
@@ -18,12 +19,12 @@ from detectron2.config import configurable
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 
-from .kmeans import kmeans
+from .kmeans import kmeans, load_centroids
 from .mask_refinement import check_refinement_config, local_affinity, refine_masks
 
 __all__ = ["ViLSegSegmenter", "PixelEncoder", "ImageRegions", "INFERENCE_MODES"]
 
-INFERENCE_MODES = ("online", "kmeans", "dense")
+INFERENCE_MODES = ("online", "kmeans", "kmeans_dataset", "dense")
 Size = Tuple[int, int]  # (height, width)
 Sizes = Tuple[Size, Size, Size]
 Labels = Tuple[torch.Tensor, torch.Tensor]  # K x H x W class scores, H x W cluster (or class) ids
@@ -88,10 +89,11 @@ class ViLSegSegmenter:
         window_stride: int = 0,
         refine_iters: int = 0,
         refine_dilations: Sequence[int] = (1, 2, 4, 8, 12, 24),
+        dataset_centroids: Optional[torch.Tensor] = None,
     ):
         """
         Args:
-            mode: "online", "kmeans" or "dense".
+            mode: one of :data:`INFERENCE_MODES`.
             num_clusters, kmeans_iters, kmeans_seed: the K-means baseline's settings (C as the
                 clustering head's).
             bg_threshold: > 0 adds the background as class 0 (the text embeddings are the other
@@ -107,6 +109,7 @@ class ViLSegSegmenter:
             refine_iters, refine_dilations: > 0 refines the label map of the whole (stitched)
                 image with that many steps of pixel-adaptive mask refinement
                 (:func:`refine_masks`, PAMR with TCL's steps and dilations) at the input's size.
+            dataset_centroids: C x D centroids of "kmeans_dataset" (``tools/fit_centroids.py``).
         """
         if mode not in INFERENCE_MODES:
             raise ValueError(
@@ -123,10 +126,14 @@ class ViLSegSegmenter:
         self.window_stride = window_stride or max(window_size * 2 // 3, 1)
         self.refine_iters = refine_iters
         self.refine_dilations = tuple(int(d) for d in refine_dilations)
+        self.dataset_centroids = dataset_centroids
 
     @classmethod
     def from_config(cls, cfg):
         v = cfg.MODEL.VILSEG
+        centroids = None
+        if v.DATASET_CENTROIDS or v.INFERENCE_MODE == "kmeans_dataset":
+            centroids = load_centroids(v.DATASET_CENTROIDS, v.NUM_CLUSTERS)["centroids"]
         return {
             "mode": v.INFERENCE_MODE,
             "num_clusters": v.NUM_CLUSTERS,
@@ -138,6 +145,7 @@ class ViLSegSegmenter:
             "window_stride": v.SLIDING_WINDOW_STRIDE,
             "refine_iters": v.REFINE_ITERS,
             "refine_dilations": tuple(v.REFINE_DILATIONS),
+            "dataset_centroids": centroids,
         }
 
     @property
@@ -160,14 +168,7 @@ class ViLSegSegmenter:
             return self.segment_windows(image, text, encoder, output_size)
         H, W = image.shape[-2:]  # refined at the input's size, where image and maps align
         sem_seg, clusters = self.segment_windows(image, text, encoder, (H, W))
-        affinity = self.affinity(image)
-        sem_seg = refine_masks(
-            image,
-            sem_seg,
-            iterations=self.refine_iters,
-            dilations=self.refine_dilations,
-            affinity=affinity,
-        )
+        sem_seg = self.refine(image, sem_seg)
         if self.mode == "dense":  # its "clusters" are the class ids
             clusters = sem_seg.argmax(0)
         if tuple(output_size) != (H, W):
@@ -178,6 +179,16 @@ class ViLSegSegmenter:
     def affinity(self, image: torch.Tensor) -> torch.Tensor:
         """The refinement's colour affinities of a normalised 3 x H x W image."""
         return local_affinity(image, dilations=self.refine_dilations)
+
+    def refine(self, image: torch.Tensor, sem_seg: torch.Tensor) -> torch.Tensor:
+        """The refined class vote shares (K x H x W) of ``sem_seg``'s label map on ``image``."""
+        return refine_masks(
+            image,
+            sem_seg,
+            iterations=self.refine_iters,
+            dilations=self.refine_dilations,
+            affinity=self.affinity(image),
+        )
 
     def segment_windows(
         self, image: torch.Tensor, text: torch.Tensor, encoder: PixelEncoder, output_size: Size
@@ -244,10 +255,9 @@ class ViLSegSegmenter:
         image_emb = F.normalize(emb[0].mean(dim=(1, 2)), dim=0)  # D, e_v
         if self.mode == "dense":
             return ImageRegions(image_emb=image_emb, sizes=sizes, emb=emb_flat, grid=(h, w))
-        if (
-            self.mode == "kmeans"
-        ):  # on the unit-norm embeddings; logits = -squared distance to the centroids
-            _, centroids = kmeans(emb_flat, self.num_clusters, self.kmeans_iters, self.kmeans_seed)
+        if self.mode in ("kmeans", "kmeans_dataset"):
+            # on the unit-norm embeddings; logits = -squared distance to the centroids
+            centroids = self._centroids(emb_flat)
             cluster_logits = -torch.cdist(emb_flat, centroids).pow(2).t().reshape(-1, h, w)
         num_clusters = cluster_logits.shape[0]
         # Region features (paper: e_rgn = mean of e_pxl over M_c), from token-level assignments;
@@ -261,6 +271,25 @@ class ViLSegSegmenter:
         # scores.
         assign = _to_output(cluster_logits, sizes).max(0).indices  # height x width
         return ImageRegions(image_emb=image_emb, sizes=sizes, region=region, assign=assign)
+
+    def _centroids(self, emb: torch.Tensor) -> torch.Tensor:
+        """C x D centroids: K-means of this image's unit-norm pixel embeddings (hw x D), or the
+        dataset's."""
+        if self.mode == "kmeans":
+            return kmeans(emb, self.num_clusters, self.kmeans_iters, self.kmeans_seed)[1]
+        if self.dataset_centroids is None:
+            raise ValueError(
+                "INFERENCE_MODE 'kmeans_dataset' needs centroids: set MODEL.VILSEG."
+                "DATASET_CENTROIDS to a file of tools/fit_centroids.py (or the segmenter's "
+                "dataset_centroids)."
+            )
+        centroids = self.dataset_centroids.to(emb.device)
+        if centroids.shape[1] != emb.shape[1]:
+            raise ValueError(
+                f"The dataset centroids are {centroids.shape[1]}-dimensional, the model's "
+                f"embeddings {emb.shape[1]}-dimensional: fit them for this model."
+            )
+        return centroids
 
     def score(
         self, regions: ImageRegions, text: torch.Tensor, logit_scale: Union[torch.Tensor, float]
