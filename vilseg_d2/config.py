@@ -98,9 +98,17 @@ def add_vilseg_config(cfg: CN) -> None:
     cfg.MODEL.VILSEG.CLUSTER_JOINT = "global"
 
     # Inference.
-    cfg.MODEL.VILSEG.INFERENCE_MODE = "online"  # "online" | "kmeans" | "dense"
+    # "online" (the clustering head) | "kmeans" (per image) | "kmeans_dataset" (centroids fit once
+    # on caption-training images) | "dense" (per-pixel matching)
+    cfg.MODEL.VILSEG.INFERENCE_MODE = "online"
     cfg.MODEL.VILSEG.KMEANS_ITERS = 20
     cfg.MODEL.VILSEG.KMEANS_SEED = 0
+    # "kmeans_dataset": the file of C centroids written by tools/fit_centroids.py, and how that
+    # tool fits them: on the pixel embeddings of this many caption-training images (never the
+    # evaluation images), drawn with this seed.
+    cfg.MODEL.VILSEG.DATASET_CENTROIDS = ""
+    cfg.MODEL.VILSEG.CENTROID_IMAGES = 1000
+    cfg.MODEL.VILSEG.CENTROID_SEED = 0
     # Background rules: the vocabulary's class named "background" is not matched by its text; it
     # gets the pixels whose best class probability is below this (0 disables it; a vocabulary
     # without a "background" class is then an error).

@@ -1,10 +1,17 @@
-"""Per-image K-means on pixel embeddings: the offline-clustering baseline of the paper's Table 2."""
+"""K-means on pixel embeddings: the offline-clustering baselines of the paper's Table 2, per
+image (``kmeans``) or with centroids fit once on caption-training images (``kmeans_dataset``),
+and the file those centroids are kept in."""
 
 from __future__ import annotations
 
+import os
+from typing import Dict, Optional
+
 import torch
 
-__all__ = ["kmeans"]
+__all__ = ["kmeans", "load_centroids", "save_centroids"]
+
+CENTROIDS_FORMAT = "vilseg_d2.dataset_centroids.v1"
 
 
 def kmeans(
@@ -50,3 +57,45 @@ def kmeans(
     if k_eff < k:
         c = torch.cat([c, c.new_zeros(k - k_eff, c.shape[1])])
     return assign, c
+
+
+def save_centroids(path: str, centroids: torch.Tensor, **info) -> None:
+    """Write dataset-level K-means centroids (C x D, unit-norm embedding space) and how they were
+    fit (``info``: model weights, images, seed, ...) to ``path`` (a ``torch.save`` file)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    torch.save({"format": CENTROIDS_FORMAT, "centroids": centroids.float().cpu(), **info}, path)
+
+
+def load_centroids(path: str, num_clusters: int, dim: Optional[int] = None) -> Dict:
+    """Read a file of :func:`save_centroids`, checked against the model.
+
+    Args:
+        path: the file (``MODEL.VILSEG.DATASET_CENTROIDS``).
+        num_clusters: C the model's inference expects.
+        dim: the embedding dimension D (None: not checked).
+
+    Returns:
+        the file's dict; ``"centroids"`` is C x D fp32.
+
+    Raises:
+        FileNotFoundError: no file (the message says how to make one).
+        ValueError: not a centroids file, or C / D other than the model's.
+    """
+    if not path or not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"MODEL.VILSEG.DATASET_CENTROIDS={path!r}: no such file. INFERENCE_MODE "
+            "'kmeans_dataset' needs centroids fit on caption-training images: run "
+            "tools/fit_centroids.py --config-file <config> --output centroids.pth "
+            "MODEL.WEIGHTS <model.pth>, then pass MODEL.VILSEG.DATASET_CENTROIDS centroids.pth."
+        )
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(saved, dict) or saved.get("format") != CENTROIDS_FORMAT:
+        raise ValueError(f"{path} is not a centroids file written by tools/fit_centroids.py.")
+    c = saved["centroids"]
+    if c.dim() != 2 or c.shape[0] != num_clusters or (dim is not None and c.shape[1] != dim):
+        raise ValueError(
+            f"{path} holds {tuple(c.shape)} centroids; this model needs {num_clusters} x "
+            f"{dim or 'D'} "
+            "(MODEL.VILSEG.NUM_CLUSTERS x the embedding dimension). Fit them again for it."
+        )
+    return saved
