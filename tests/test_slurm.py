@@ -211,6 +211,20 @@ def test_mistakes_stop_before_submitting_with_one_message(
     assert not (fake_slurm / "sbatched.sh").exists() and not job_dir.exists()
 
 
+def test_a_job_folder_holding_checkpoints_is_continued_only_with_resume(
+    submit_slurm, fake_slurm, tmp_path, capsys
+):
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    (job_dir / "last_checkpoint").write_text("model_0000999.pth")
+    assert submit_slurm.main(paper_run_args(job_dir)) == 1
+    err = capsys.readouterr().err
+    assert f"{job_dir} already holds checkpoints of a run (last: model_0000999.pth)" in err, err
+    assert not (fake_slurm / "sbatched.sh").exists()
+    assert submit_slurm.main(paper_run_args(job_dir, "--resume")) == 0
+    assert (fake_slurm / "sbatched.sh").exists()
+
+
 def test_bad_partition_from_the_command_line_exits_with_the_message(fake_slurm, tmp_path):
     proc = subprocess.run(
         [sys.executable, SUBMIT_SLURM, *paper_run_args(tmp_path / "job"), "--partition", "gpux"],

@@ -164,7 +164,7 @@ def main(argv=None) -> int:
     logs = plan.executor_dir / f"{job.job_id}_<node>_log.out"
     print(
         f"Submitted job {job.job_id} ({args.cluster}): {args.nodes} nodes x {args.gpus_per_node} "
-        f"processes. OUTPUT_DIR {plan.training.output_dir}; one log per node: {logs}."
+        f"processes per node. OUTPUT_DIR {plan.training.output_dir}; one log per node: {logs}."
     )
     for note in plan.notes:
         print(f"note: {note}")
