@@ -49,7 +49,12 @@ setup(
             "black>=26.1,<27",
             "flake8>=7,<8",
             "isort>=5.13,<10",
+            # tests/test_slurm.py runs tools/submit_slurm.py's jobs with submitit's local executor.
+            "submitit>=1.5",
         ],
+        # tools/submit_slurm.py: training on a SLURM cluster; JobEnvironment, the local and SLURM
+        # executors, the checkpoint/requeue protocol (the oldest release tested).
+        "slurm": ["submitit>=1.5"],
         # datasets/prepare_pascal_context.py reads PASCAL Context's .mat files.
         "datasets": ["scipy"],
     },

@@ -211,17 +211,20 @@ def add_vilseg_config(cfg: CN) -> None:
     cfg.TEST.VILSEG.VOCABULARY = "all"
 
 
-def get_vilseg_cfg(config_file: str = "", opts=()) -> CN:
+def get_vilseg_cfg(config_file: str = "", opts=(), *, check_device: bool = True) -> CN:
     """A Detectron2 config with ViL-Seg's keys, ``config_file`` and ``opts`` merged in. Not frozen.
 
     Args:
         config_file: a yaml config ("" = the defaults only).
         opts: overrides, ``[KEY, VALUE, ...]``.
+        check_device: check that this machine has the ``MODEL.DEVICE`` asked for; False where
+            the config is run elsewhere (a SLURM job's nodes have the GPUs, its login node not).
 
     Raises:
         KeyError: an override or the file names a key that does not exist.
         RuntimeError: ``MODEL.DEVICE`` asks for CUDA (Detectron2's default, "cuda") and CUDA is
-            not available. The run is never moved to the CPU silently: pass ``MODEL.DEVICE cpu``.
+            not available (with ``check_device``). The run is never moved to the CPU silently:
+            pass ``MODEL.DEVICE cpu``.
     """
     from detectron2.config import get_cfg
 
@@ -233,7 +236,8 @@ def get_vilseg_cfg(config_file: str = "", opts=()) -> CN:
         cfg.merge_from_list(list(opts))
     except (KeyError, AssertionError) as e:
         raise _unknown_key_error(cfg, str(e)) from e
-    _check_device_available(cfg.MODEL.DEVICE)
+    if check_device:
+        _check_device_available(cfg.MODEL.DEVICE)
     return cfg
 
 
