@@ -3,9 +3,10 @@
 The modes (``online``: the clustering head, the paper; ``kmeans``: per-image K-means;
 ``kmeans_dataset``: nearest of C centroids fit once with K-means on caption-training images, the
 paper's offline baseline read as post-processing whose clusters do not adapt per image; ``dense``:
-per-pixel matching, which on pretrained CLIP towers is the paper's "CLIP + Seg"), region pooling, the background rules, sliding windows and mask refinement.
-It holds settings only: the networks it needs come in a :class:`PixelEncoder` at each call, so it
-can also segment embeddings computed elsewhere (:meth:`ViLSegSegmenter.embedding_regions` +
+per-pixel matching, which on pretrained CLIP towers is the paper's "CLIP + Seg"), region pooling,
+the background rules, sliding windows and mask refinement. It holds settings only: the networks
+it needs come in a :class:`PixelEncoder` at each call, so it can also segment embeddings computed
+elsewhere (:meth:`ViLSegSegmenter.embedding_regions` +
 :meth:`ViLSegSegmenter.score`).
 """
 
