@@ -189,7 +189,7 @@ MISTAKES = {
         ["SOLVER.IMS_PER_BATCH", "100"],
         "SOLVER.IMS_PER_BATCH = 100 does not divide over 6 nodes x 8 GPUs = 48 processes",
     ),
-    "missing config": (["--config-file", "configs/vilseg_vitb61.yaml"], "does not exist"),
+    "missing config": (["--config-file", "no_such_folder/vilseg.yaml"], "does not exist"),
     # The paper's config asks for CUDA: checked where the job runs (the cluster's nodes are not
     # this machine, a local job's are).
     "no CUDA for a local job": (["--cluster", "local"], "CUDA was requested (MODEL.DEVICE=cuda)"),
