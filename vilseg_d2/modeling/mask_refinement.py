@@ -118,7 +118,8 @@ def refine_masks(
 
     Returns:
         K x H x W class vote shares (sum 1 per pixel). A class absent from the argmax map stays 0:
-        only the classes present are propagated, which keeps large vocabularies cheap.
+        only the classes present are propagated, which keeps large vocabularies cheap (a traced
+        graph propagates all K, with the same result).
 
     Raises:
         ValueError: masks not K x H x W of the image's size, negative ``iterations``, a
@@ -141,16 +142,32 @@ def refine_masks(
             f"(8 neighbours per dilation, the masks' size), got {tuple(affinity.shape)}."
         )
     labels = masks.argmax(0)  # H x W
+    if iterations > 0 and affinity is None:
+        affinity = local_affinity(image, dilations=dilations)  # N x H x W
+    if torch.jit.is_tracing():
+        # Which classes are present depends on the data: a traced graph (ONNX, TorchScript)
+        # propagates all K. The result is the same: propagation is linear and per class, so an
+        # absent class's zero votes stay zero, and a present one's are computed alike.
+        votes = labels[None] == torch.arange(len(masks), device=labels.device)[:, None, None]
+        return _propagate(votes.float(), affinity, offsets, iterations)
     present = labels.unique()  # P
     votes = (labels[None] == present[:, None, None]).float()  # P x H x W
-    if iterations > 0:
-        if affinity is None:
-            affinity = local_affinity(image, dilations=dilations)  # N x H x W
-        for _ in range(iterations):
-            out = torch.zeros_like(votes)
-            for weight, neighbour in zip(affinity, _neighbours(votes, offsets)):
-                out.addcmul_(neighbour, weight)
-            votes = out
     refined = masks.new_zeros(masks.shape, dtype=torch.float32)
-    refined[present] = votes
+    refined[present] = _propagate(votes, affinity, offsets, iterations)
     return refined
+
+
+def _propagate(
+    votes: torch.Tensor,
+    affinity: Optional[torch.Tensor],
+    offsets: Sequence[Tuple[int, int]],
+    iterations: int,
+) -> torch.Tensor:
+    """``iterations`` steps of PAMR: each pixel's P x H x W votes replaced by its neighbours'
+    (``offsets``), weighted by the N x H x W ``affinity`` (None when ``iterations`` is 0)."""
+    for _ in range(iterations):
+        out = torch.zeros_like(votes)
+        for weight, neighbour in zip(affinity, _neighbours(votes, offsets)):
+            out.addcmul_(neighbour, weight)
+        votes = out
+    return votes
