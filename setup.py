@@ -49,8 +49,16 @@ setup(
             "black>=26.1,<27",
             "flake8>=7,<8",
             "isort>=5.13,<10",
+            # tests/test_export.py: the exported graph in onnxruntime (as "deploy" below).
+            "onnx>=1.14",
+            "onnxruntime>=1.16",
         ],
         # datasets/prepare_pascal_context.py reads PASCAL Context's .mat files.
         "datasets": ["scipy"],
+        # tools/export_model.py writes ONNX with torch.onnx (which needs onnx) and checks the graph
+        # in onnxruntime; tools/deploy/segment_onnx.py runs it with onnxruntime, numpy and OpenCV
+        # alone. Floors: opset 17 and numpy 1.x wheels (onnx 1.14, onnxruntime 1.16); both run
+        # with this project's numpy<2.
+        "deploy": ["onnx>=1.14", "onnxruntime>=1.16"],
     },
 )

@@ -55,9 +55,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--format",
         nargs="+",
-        choices=EXPORT_FORMATS,
         default=["onnx"],
-        help="output formats (default: onnx)",
+        metavar="{" + ",".join(EXPORT_FORMATS) + "}",
+        help="output formats, one or both (default: onnx)",
     )
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
     p.add_argument("--random-weights", action="store_true",
@@ -72,14 +72,29 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line; the config overrides may follow ``--format``'s values directly
+    (``--format onnx torchscript MODEL.WEIGHTS w.pth``)."""
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    formats = list(args.format)
+    count = next((i for i, f in enumerate(formats) if f not in EXPORT_FORMATS), len(formats))
+    if count == 0:
+        parser.error(f"argument --format: invalid choice: {formats[0]!r} (choose from "
+                     f"{', '.join(EXPORT_FORMATS)})")  # fmt: skip
+    args.format, args.opts = formats[:count], formats[count:] + list(args.opts)
+    return args
+
+
 def setup_cfg(args):
     """The config on the CPU, without a test dataset; SystemExit saying what to fix."""
     if not os.path.isfile(args.config_file):
         raise SystemExit(f"--config-file {args.config_file}: no such file.")
     try:
-        cfg = get_vilseg_cfg(args.config_file, [*args.opts, "MODEL.DEVICE", "cpu"])
-    except (KeyError, ValueError, OSError, yaml.YAMLError) as e:
+        cfg = get_vilseg_cfg(args.config_file, ["MODEL.DEVICE", "cpu", *args.opts])
+    except (KeyError, ValueError, OSError, RuntimeError, yaml.YAMLError) as e:
         raise SystemExit(f"--config-file {args.config_file}: {e.args[0] if e.args else e}")
+    cfg.MODEL.DEVICE = "cpu"  # traced on the CPU; the graph runs anywhere
     cfg.DATASETS.TEST = ()
     cfg.freeze()
     weights = cfg.MODEL.WEIGHTS
@@ -100,7 +115,7 @@ def setup_cfg(args):
 
 
 def main(argv=None) -> dict:
-    args = get_parser().parse_args(argv)
+    args = parse_args(argv)
     setup_logger(name="vilseg_export")
     setup_logger(name="vilseg_d2")
     vocabulary = vocabulary_args.load_vocabulary(args)

@@ -110,7 +110,10 @@ class ExportableViLSeg(nn.Module):
         """
         x = (image[0].float() - self.pixel_mean) / self.pixel_std  # 3 x H x W
         encoder = pixel_encoder(self.backbone, self.clustering_head, self.logit_scale)
+        # traced: the graph's input; eager: Python ints, as ViLSeg.inference passes them
         size = (output_size[0], output_size[1])
+        if not torch.jit.is_tracing():
+            size = (int(size[0]), int(size[1]))
         sem_seg, clusters = self.segmenter.segment(x, self.text, encoder, size)
         return to_vocabulary_order(sem_seg, self.background), clusters
 
