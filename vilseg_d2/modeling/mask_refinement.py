@@ -118,8 +118,7 @@ def refine_masks(
 
     Returns:
         K x H x W class vote shares (sum 1 per pixel). A class absent from the argmax map stays 0:
-        only the classes present are propagated, which keeps large vocabularies cheap (a traced
-        graph propagates all K, with the same result).
+        only the classes present are propagated, which keeps large vocabularies cheap.
 
     Raises:
         ValueError: masks not K x H x W of the image's size, negative ``iterations``, a
@@ -142,19 +141,16 @@ def refine_masks(
             f"(8 neighbours per dilation, the masks' size), got {tuple(affinity.shape)}."
         )
     labels = masks.argmax(0)  # H x W
-    if iterations > 0 and affinity is None:
-        affinity = local_affinity(image, dilations=dilations)  # N x H x W
-    if torch.jit.is_tracing():
-        # Which classes are present depends on the data: a traced graph (ONNX, TorchScript)
-        # propagates all K. The result is the same: propagation is linear and per class, so an
-        # absent class's zero votes stay zero, and a present one's are computed alike.
-        votes = labels[None] == torch.arange(len(masks), device=labels.device)[:, None, None]
-        return _propagate(votes.float(), affinity, offsets, iterations)
     present = labels.unique()  # P
     votes = (labels[None] == present[:, None, None]).float()  # P x H x W
-    refined = masks.new_zeros(masks.shape, dtype=torch.float32)
-    refined[present] = _propagate(votes, affinity, offsets, iterations)
-    return refined
+    if iterations > 0 and affinity is None:
+        affinity = local_affinity(image, dilations=dilations)  # N x H x W
+    votes = _propagate(votes, affinity, offsets, iterations).flatten(1)  # P x HW
+    # Back to the K classes by a scatter, which a traced graph (ONNX, TorchScript), whose P is
+    # only known when it runs, takes as one operator.
+    K, H, W = masks.shape
+    index = present[:, None].expand(-1, votes.shape[1])
+    return votes.new_zeros(K, H * W).scatter_(0, index, votes).view(K, H, W)
 
 
 def _propagate(
