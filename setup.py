@@ -51,11 +51,19 @@ setup(
             "isort>=5.13,<10",
             # tests/test_slurm.py runs tools/submit_slurm.py's jobs with submitit's local executor.
             "submitit>=1.5",
+            # tests/test_export.py: the exported graph in onnxruntime (as "deploy" below).
+            "onnx>=1.14",
+            "onnxruntime>=1.16",
         ],
         # tools/submit_slurm.py: training on a SLURM cluster; JobEnvironment, the local and SLURM
         # executors, the checkpoint/requeue protocol (the oldest release tested).
         "slurm": ["submitit>=1.5"],
         # datasets/prepare_pascal_context.py reads PASCAL Context's .mat files.
         "datasets": ["scipy"],
+        # tools/export_model.py writes ONNX with torch.onnx (which needs onnx) and checks the graph
+        # in onnxruntime; tools/deploy/segment_onnx.py runs it with onnxruntime, numpy and OpenCV
+        # alone. Floors: opset 17 and numpy 1.x wheels (onnx 1.14, onnxruntime 1.16); both run
+        # with this project's numpy<2.
+        "deploy": ["onnx>=1.14", "onnxruntime>=1.16"],
     },
 )

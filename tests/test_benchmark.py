@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from vilseg_d2.benchmark.plan import Profile
@@ -106,18 +107,53 @@ def test_targets(results):
         "tiny/bf16_speedup_online",
         "tiny/sliding_window_linearity",
         "tiny/inference_peak_rss_gib",
+        "tiny/onnxruntime_speedup_fp32",
         "loader_over_training_consumption",
+        "export_miou_abs_diff",
     }
     assert expected <= names
     for t in targets:
         assert set(t) >= {"name", "measured", "threshold", "comparison", "met", "description"}
-        assert _positive(t["measured"]) and _positive(t["threshold"])
+        # a difference may be 0
+        measured_ok = (
+            t["measured"] >= 0 if t["name"].endswith("_diff") else _positive(t["measured"])
+        )
+        assert measured_ok and _positive(t["threshold"])
         assert isinstance(t["met"], bool) and t["comparison"] in ("<=", ">=")
         assert t["met"] == (
             t["measured"] <= t["threshold"]
             if t["comparison"] == "<="
             else t["measured"] >= t["threshold"]
         )
+
+
+def test_export_section(results):
+    """onnxruntime fp32 (in a process without torch) against PyTorch eager fp32 and bf16, and the
+    mIoU through both (tiny: an untrained model on 6 generated images)."""
+    res = results["configs"]["tiny"]["export"]
+    assert res["image_size"] == [64, 64] and res["mode"] == "online" and res["model_bytes"] > 0
+    ort = res["onnxruntime_fp32"]
+    _check_measurement(ort, "images_per_s")
+    assert ort["torch_imported"] is False and ort["memory"]["peak_rss_bytes"] > 0
+    for dtype in ("fp32", "bf16"):
+        m = res[f"pytorch_{dtype}"]
+        _check_measurement(m, "images_per_s")
+        assert m["memory"]["peak_rss_bytes"] > 0
+        assert res["speedup_over_pytorch"][dtype] == m["median_s"] / ort["median_s"]
+    assert res["parity"]["max_abs_diff"] < 1e-4 and res["parity"]["label_agreement"] >= 0.999
+    miou = results["export_miou"]
+    assert miou["images"] == 6 and miou["inference"]["refine_iters"] == 10
+    assert 0 <= miou["mIoU_pytorch"] <= 100 and miou["mIoU_abs_diff"] <= 0.1
+    assert miou["label_agreement"] >= 0.999
+
+
+def test_mean_iou_counts_as_sem_seg_evaluator():
+    from vilseg_d2.benchmark.export import mean_iou
+
+    # rows: truth. Class 0: IoU 2/3; class 1: 3/5; class 2 only predicted (counts, as 0); class 3
+    # absent from both (does not count)
+    confusion = np.array([[2, 1, 0, 0], [0, 3, 1, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+    assert mean_iou(confusion) == pytest.approx(100 * (2 / 3 + 3 / 5) / 3)
 
 
 def test_clip_step_comparison(results):

@@ -24,6 +24,13 @@ Sections (``--sections``, default all):
   sample (``vilseg_d2.analysis``, as ``tools/analyze_model.py`` counts them).
 * ``loader``: the caption mapper's samples/s on one thread and the training loader's samples/s
   with 2 workers, on a small synthetic world written to a temporary folder (tiny config).
+* ``export``: ``online`` inference exported to ONNX with the 21-class vocabulary (its file size
+  and export time), timed in onnxruntime fp32 (a fresh process without torch, its peak RSS)
+  against PyTorch eager fp32 and bf16 at the base size (peak RSS in the worker subprocess), with
+  their largest score difference; and ``export_miou``: the demo model (``make demo``'s
+  ``output/demo/train``, its online refined inference) on the synthetic validation set, mIoU
+  through the torch-free runtime and through PyTorch (``--tiny``: an untrained tiny model on 6
+  generated images).
 
 ``--profile training`` measures instead the training step before and after its CPU tuning, A/B in
 one process (``vilseg_d2/benchmark/training_profile.py``): the demo config's L_cross step and its
@@ -65,6 +72,7 @@ import torch
 from detectron2.modeling import build_model
 
 from vilseg_d2.analysis import training_flop_ratio
+from vilseg_d2.benchmark.export import export_miou_section, export_section
 from vilseg_d2.benchmark.harness import MEMORY_METHOD, log
 from vilseg_d2.benchmark.inference import (
     cache_vocabulary,
@@ -82,6 +90,7 @@ from vilseg_d2.benchmark.plan import (
 )
 from vilseg_d2.benchmark.report import (
     config_targets,
+    export_miou_target,
     format_table,
     format_training_profile,
     load_average,
@@ -123,6 +132,8 @@ def run_config(profile: Profile, args) -> Dict:
         out["vocabulary"] = vocabulary_section(model, profile, vocabularies, text_seconds)
     if "sizes" in args.sections:
         out["sizes"] = sizes_section(model, profile, small)
+    if "export" in args.sections:
+        out["export"] = export_section(model, profile, small, args.opts, args.threads)
     if "training" in args.sections:
         flops = training_flop_ratio(model, cfg)
         log(f"{profile.name} training FLOPs per sample, ViL-Seg / CLIP: {flops['ratio']:.2f}")
@@ -222,9 +233,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         results["configs"][profile.name] = run_config(profile, args)
     if "loader" in args.sections:
         results["loader"] = loader_section(TINY_CONFIG, args.opts, args.tiny, warmup, reps)
+    if "export" in args.sections:
+        results["export_miou"] = export_miou_section(args.tiny, torch.get_num_threads())
     measured = target_configs(results)
     results["targets"] = [t for n in measured for t in config_targets(n, results["configs"][n])]
-    results["targets"] += loader_target(results)
+    results["targets"] += loader_target(results) + export_miou_target(results)
     results["total_s"] = time.perf_counter() - start
     results["machine"]["load_average_at_end"] = load_average()
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)

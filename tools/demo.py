@@ -47,10 +47,8 @@ from PIL import Image
 from vilseg_d2.config import get_vilseg_cfg  # noqa: E402
 from vilseg_d2.data.image_io import decode_image  # noqa: E402
 from vilseg_d2.data.skip_tracker import BadRecordError  # noqa: E402
-from vilseg_d2.engine import ViLSegPredictor  # noqa: E402
-from vilseg_d2.modeling import duplicate_classes, parse_vocabulary  # noqa: E402
-from vilseg_d2.modeling.vocabulary import BACKGROUND  # noqa: E402
-from vilseg_d2.visualization import segmentation_panels  # noqa: E402
+from vilseg_d2.engine import ViLSegPredictor, vocabulary_args  # noqa: E402
+from vilseg_d2.visualization import class_colors, segmentation_panels  # noqa: E402
 
 logger = logging.getLogger("vilseg_demo")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -62,9 +60,7 @@ def get_parser():
     )
     p.add_argument("--config-file", required=True, metavar="FILE")
     p.add_argument("--input", nargs="+", required=True, help="image files and/or folders")
-    vocab = p.add_mutually_exclusive_group(required=True)
-    vocab.add_argument("--vocabulary", help='e.g. "cat; dog; sky, clouds"')
-    vocab.add_argument("--vocabulary-file", help="UTF-8 text file, one class per line")
+    vocabulary_args.add_vocabulary_arguments(p)
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--random-weights", action="store_true",
                    help="segment with untrained weights when neither MODEL.WEIGHTS nor "
@@ -77,32 +73,7 @@ def get_parser():
 
 def load_vocabulary(args) -> list:
     """The class names of --vocabulary or --vocabulary-file; SystemExit saying what to fix."""
-    if args.vocabulary is not None:
-        text = args.vocabulary
-    else:
-        try:
-            with open(args.vocabulary_file, encoding="utf-8-sig") as f:  # a BOM is dropped
-                text = f.read()
-        except UnicodeDecodeError as e:
-            raise SystemExit(
-                f"--vocabulary-file {args.vocabulary_file} is not UTF-8 text ({e}); "
-                "save it as UTF-8."
-            )
-        except OSError as e:
-            raise SystemExit(f"Cannot read --vocabulary-file: {e}")
-    classes = parse_vocabulary(text)
-    if not classes:
-        raise SystemExit(
-            "The vocabulary is empty: give at least one class name, e.g. --vocabulary 'cat; dog'."
-        )
-    duplicates = duplicate_classes(classes)
-    if duplicates:
-        raise SystemExit(
-            f"The vocabulary names these classes more than once: {duplicates}. "
-            "Give each class once; synonyms of one class go in one name, separated by commas "
-            "('cat, kitten')."
-        )
-    return classes
+    return vocabulary_args.load_vocabulary(args)
 
 
 def list_images(inputs) -> list:
@@ -139,16 +110,7 @@ def setup_cfg(args):
 def with_background(vocabulary: list, cfg) -> list:
     """The vocabulary, with a "background" class first when the background rules are on and
     it names none (the rules assign that class; they never take over a named one)."""
-    rules = cfg.MODEL.VILSEG.BG_THRESHOLD > 0 or cfg.MODEL.VILSEG.BG_GLOBAL_SIMILARITY > 0
-    if not rules or BACKGROUND in (c.strip().lower() for c in vocabulary):
-        return vocabulary
-    logger.info(
-        "The background rules are on (MODEL.VILSEG.BG_THRESHOLD "
-        f"{cfg.MODEL.VILSEG.BG_THRESHOLD}, BG_GLOBAL_SIMILARITY "
-        f"{cfg.MODEL.VILSEG.BG_GLOBAL_SIMILARITY}): added the class {BACKGROUND!r} for the pixels "
-        "they assign."
-    )
-    return [BACKGROUND] + vocabulary
+    return vocabulary_args.add_background_class(vocabulary, cfg, logger)
 
 
 def main(argv=None):
@@ -172,7 +134,11 @@ def main(argv=None):
             "Weights: none, an untrained model (--random-weights): the segments mean nothing."
         )
     # Metadata of this call only (the catalog's entries cannot change: main() may run again).
-    meta = Metadata(name="__vilseg_demo", stuff_classes=list(vocabulary))
+    meta = Metadata(
+        name="__vilseg_demo",
+        stuff_classes=list(vocabulary),
+        stuff_colors=class_colors(len(vocabulary)),
+    )
     os.makedirs(args.output, exist_ok=True)
 
     shares = {}

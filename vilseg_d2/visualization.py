@@ -3,16 +3,30 @@ with Detectron2's Visualizer at a size where class names fit."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 from detectron2.data import Metadata
 from detectron2.utils.colormap import colormap
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-__all__ = ["cluster_panel", "segmentation_panels"]
+__all__ = ["class_colors", "cluster_panel", "palette", "segmentation_panels"]
 
 MIN_SIDE = 384  # images with a shorter side are enlarged (by a whole factor) before drawing
+
+
+def palette() -> List[List[int]]:
+    """Detectron2's colour map as 0-255 RGB integers: class k and cluster k are drawn in colour
+    ``k % len(palette())``. An exported model carries it (``classes.json``) for the torch-free
+    runtime."""
+    return [[int(round(c)) for c in rgb] for rgb in colormap(rgb=True, maximum=255)]
+
+
+def class_colors(num_classes: int) -> List[List[int]]:
+    """The 0-255 RGB colours of K classes (Detectron2's ``stuff_colors``): the palette's in
+    turn."""
+    colors = palette()
+    return [colors[k % len(colors)] for k in range(num_classes)]
 
 
 def cluster_panel(rgb: np.ndarray, clusters: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@
 * :mod:`.worker`: the per-config subprocess (``python -m vilseg_d2.benchmark.worker``): peak
   memory of inference, ViL-Seg's and open_clip CLIP's training steps, and their comparison.
 * :mod:`.loader`: the caption mapper's and the training loader's samples/s.
+* :mod:`.export`: the ONNX export in onnxruntime against PyTorch eager, and the mIoU through both.
 * :mod:`.report`: the machine, the issue's targets and the readable tables.
 
 Counting (FLOPs, activation memory) stays in :mod:`vilseg_d2.analysis`, which this package uses.

@@ -24,7 +24,7 @@ PASCAL_VOC_CLASSES = (
     "train", "tv monitor",
 )  # fmt: skip
 
-SECTIONS = ("inference", "vocabulary", "sizes", "training", "loader")
+SECTIONS = ("inference", "vocabulary", "sizes", "training", "loader", "export")
 DTYPES = ("fp32", "bf16")
 MODES = ("online", "kmeans", "dense")
 

@@ -15,6 +15,7 @@ from .plan import DTYPES
 
 __all__ = [
     "config_targets",
+    "export_miou_target",
     "format_table",
     "format_training_profile",
     "loader_target",
@@ -113,11 +114,23 @@ def config_targets(name: str, res: Dict) -> List[Dict]:
             what = f"{key}: time / (time at {px} x area ratio)"
             measured = m["time_over_area_proportional"]
             t.append(_target(f"{name}/sliding_window_linearity", measured, "<=", 1.2, what))
+    exp = res.get("export") or {}
+    ort, eager = _median(exp, "onnxruntime_fp32"), _median(exp, "pytorch_fp32")
+    what = f"PyTorch eager fp32 time / onnxruntime fp32 time, online inference at {px}"
+    t.append(_target(f"{name}/onnxruntime_speedup_fp32", _ratio(eager, ort), ">=", 1.2, what))
     peak = _get(res, "memory", "inference_fp32", "memory", "peak_rss_bytes")
     what = f"peak RSS of the whole process, online inference at {px}, fp32"
     gib = None if peak is None else peak / GIB
     t.append(_target(f"{name}/inference_peak_rss_gib", gib, "<=", 1.5, what))
     return [x for x in t if x is not None]
+
+
+def export_miou_target(results: Dict) -> List[Dict]:
+    """|mIoU through onnxruntime - mIoU through PyTorch| on the synthetic validation set."""
+    diff = _get(results, "export_miou", "mIoU_abs_diff")
+    what = "|mIoU onnxruntime - mIoU PyTorch|, demo model, synthetic validation set"
+    target = _target("export_miou_abs_diff", diff, "<=", 0.1, what)
+    return [target] if target else []
 
 
 def target_configs(results: Dict) -> List[str]:
@@ -168,6 +181,12 @@ def table_rows(results: Dict) -> List[Tuple[str, ...]]:
         for key, m in (sizes.get("results") or {}).items():
             label = f"online {key}" + (f" ({m['windows']} windows)" if m["windows"] > 1 else "")
             rows.append((name, label, sizes["dtype"], m))
+        exp = res.get("export") or {}
+        for key in ("onnxruntime_fp32", *(f"pytorch_{d}" for d in DTYPES)):
+            if key in exp:
+                runtime = "onnxruntime" if key.startswith("onnx") else "PyTorch eager"
+                size = exp["image_size"][0]
+                rows.append((name, f"online {size}px, {runtime}", key.rsplit("_", 1)[1], exp[key]))
         for key, m in (res.get("training") or {}).items():
             if isinstance(m, dict):
                 step = "open_clip CLIP train step" if key.startswith("clip_") else "train step"
@@ -196,12 +215,35 @@ def format_table(results: Dict) -> str:
     lines = [_md_row(header), _md_row(("---",) * len(header))]
     lines += [_md_row(r) for r in table_rows(results)]
     lines += clip_comparison_rows(results)
+    lines += export_rows(results)
     lines += ["", _md_row(("target", "measured", "threshold", "met")), _md_row(("---",) * 4)]
     for t in results["targets"]:
         threshold = f"{t['comparison']} {t['threshold']}"
         met = "yes" if t["met"] else "**no**"
         lines.append(_md_row((t["name"], f"{t['measured']:.3f}", threshold, met)))
     return "\n".join(lines)
+
+
+def export_rows(results: Dict) -> List[str]:
+    """Markdown rows: per config the exported file and onnxruntime's speed-up over PyTorch, then
+    the mIoU through both."""
+    head = ("config", "ONNX MiB", "speed-up over eager fp32", "over eager bf16", "max abs diff")
+    rows = []
+    for name, res in results["configs"].items():
+        exp = res.get("export")
+        if exp:
+            speedup = exp["speedup_over_pytorch"]
+            rows.append(_md_row((name, f"{exp['model_bytes'] / 2**20:.1f}",
+                                 f"{speedup['fp32']:.2f}x", f"{speedup['bf16']:.2f}x",
+                                 f"{exp['parity']['max_abs_diff']:.1e}")))  # fmt: skip
+    miou = results.get("export_miou") or {}
+    if "mIoU_pytorch" in miou:
+        rows.append(f"\nmIoU on {miou['images']} synthetic validation images ({miou['model']}): "
+                    f"PyTorch {miou['mIoU_pytorch']:.2f}, onnxruntime "
+                    f"{miou['mIoU_onnxruntime']:.2f}")  # fmt: skip
+    elif "skipped" in miou:
+        rows.append(f"\nmIoU through onnxruntime: skipped ({miou['skipped']})")
+    return ["", _md_row(head), _md_row(("---",) * len(head))] + rows if rows else []
 
 
 def clip_comparison_rows(results: Dict) -> List[str]:

@@ -1,6 +1,7 @@
 """Training: the trainer, the autocast training step, the optimizer, the checkpointer, the
-predictor."""
+predictor, and the command-line tools' vocabulary arguments."""
 
+from . import vocabulary_args
 from .checkpoint import ViLSegCheckpointer, load_eval_weights
 from .optimizer import build_vilseg_optimizer
 from .predictor import ViLSegPredictor
@@ -25,4 +26,5 @@ __all__ = [
     "eval_vocabulary",
     "load_eval_weights",
     "training_views",
+    "vocabulary_args",
 ]

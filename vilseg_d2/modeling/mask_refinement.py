@@ -143,14 +143,27 @@ def refine_masks(
     labels = masks.argmax(0)  # H x W
     present = labels.unique()  # P
     votes = (labels[None] == present[:, None, None]).float()  # P x H x W
-    if iterations > 0:
-        if affinity is None:
-            affinity = local_affinity(image, dilations=dilations)  # N x H x W
-        for _ in range(iterations):
-            out = torch.zeros_like(votes)
-            for weight, neighbour in zip(affinity, _neighbours(votes, offsets)):
-                out.addcmul_(neighbour, weight)
-            votes = out
-    refined = masks.new_zeros(masks.shape, dtype=torch.float32)
-    refined[present] = votes
-    return refined
+    if iterations > 0 and affinity is None:
+        affinity = local_affinity(image, dilations=dilations)  # N x H x W
+    votes = _propagate(votes, affinity, offsets, iterations).flatten(1)  # P x HW
+    # Back to the K classes by a scatter, which a traced graph (ONNX, TorchScript), whose P is
+    # only known when it runs, takes as one operator.
+    K, H, W = masks.shape
+    index = present[:, None].expand(-1, votes.shape[1])
+    return votes.new_zeros(K, H * W).scatter_(0, index, votes).view(K, H, W)
+
+
+def _propagate(
+    votes: torch.Tensor,
+    affinity: Optional[torch.Tensor],
+    offsets: Sequence[Tuple[int, int]],
+    iterations: int,
+) -> torch.Tensor:
+    """``iterations`` steps of PAMR: each pixel's P x H x W votes replaced by its neighbours'
+    (``offsets``), weighted by the N x H x W ``affinity`` (None when ``iterations`` is 0)."""
+    for _ in range(iterations):
+        out = torch.zeros_like(votes)
+        for weight, neighbour in zip(affinity, _neighbours(votes, offsets)):
+            out.addcmul_(neighbour, weight)
+        votes = out
+    return votes

@@ -27,7 +27,25 @@ from .vocabulary import (
     to_vocabulary_order,
 )
 
-__all__ = ["ViLSeg"]
+__all__ = ["ViLSeg", "pixel_encoder"]
+
+
+def pixel_encoder(
+    backbone: D2OpenCLIPViT, clustering_head: nn.Module, logit_scale: torch.Tensor
+) -> PixelEncoder:
+    """What the segmenter takes from ViL-Seg's networks (also what an exported graph runs).
+
+    Args:
+        backbone: gives the pixel embeddings (its ``"emb"`` tokens).
+        clustering_head: Phi_c (its logits, before the softmax).
+        logit_scale: 1/tau.
+    """
+    return PixelEncoder(
+        embed=lambda x: backbone.forward_tokens(x)["emb"],
+        cluster_logits=lambda emb: clustering_head.layers({clustering_head.in_feature: emb})[0],
+        patch=backbone.size_divisibility,
+        logit_scale=logit_scale,
+    )
 
 
 @META_ARCH_REGISTRY.register()
@@ -288,14 +306,7 @@ class ViLSeg(SegmenterSettings, nn.Module):
     @torch.no_grad()
     def inference(self, batched_inputs: List[Dict]) -> List[Dict[str, torch.Tensor]]:
         """Segment each image with its vocabulary; see the class docstring."""
-        encoder = PixelEncoder(
-            embed=lambda x: self.backbone.forward_tokens(x)["emb"],
-            cluster_logits=lambda emb: self.clustering_head.layers(
-                {self.clustering_head.in_feature: emb}
-            )[0],
-            patch=self.backbone.size_divisibility,
-            logit_scale=self.scale(),
-        )
+        encoder = pixel_encoder(self.backbone, self.clustering_head, self.scale())
         results = []
         for x in batched_inputs:
             vocab = input_vocabulary(x, self.vocabulary)

@@ -172,7 +172,7 @@ class ViLSegSegmenter:
         sem_seg = self.refine(image, sem_seg)
         if self.mode == "dense":  # its "clusters" are the class ids
             clusters = sem_seg.argmax(0)
-        if tuple(output_size) != (H, W):
+        if _resized(output_size, (H, W)):
             sem_seg = sem_seg_postprocess(sem_seg, (H, W), *output_size)
             clusters = _resize_ids(clusters, output_size)
         return sem_seg, clusters
@@ -223,7 +223,7 @@ class ViLSegSegmenter:
                 count[:, y0:y1, x0:x1] += 1
                 clusters[y0:y1, x0:x1] = c
         scores = scores / count
-        if output_size != (H, W):
+        if _resized(output_size, (H, W)):
             scores = sem_seg_postprocess(scores, (H, W), *output_size)
             clusters = _resize_ids(clusters, output_size)
         return scores, clusters
@@ -265,8 +265,8 @@ class ViLSegSegmenter:
         # a cluster that only wins after upsampling falls back to its soft-weighted mean.
         token_assign = cluster_logits.flatten(1).max(0).indices  # hw
         weights = F.one_hot(token_assign, num_clusters).float()  # hw x C
-        empty = weights.sum(0) == 0
-        weights[:, empty] = cluster_logits.flatten(1).t().softmax(-1)[:, empty]
+        empty = weights.sum(0) == 0  # C
+        weights = torch.where(empty, cluster_logits.flatten(1).t().softmax(-1), weights)
         region = F.normalize(weights.t() @ emb_flat, dim=-1)  # C x D
         # Pixel-level assignment from the upsampled cluster logits; each pixel takes its region's
         # scores.
@@ -359,7 +359,16 @@ def _to_output(maps: torch.Tensor, sizes: Sizes) -> torch.Tensor:
     cropped, then resized to the output size. ``sizes``: ((Hp, Wp), (H, W), (height, width))."""
     padded, (H, W), output_size = sizes
     up = F.interpolate(maps[None], size=padded, mode="bilinear", align_corners=False)[0]
-    return up[:, :H, :W] if output_size == (H, W) else sem_seg_postprocess(up, (H, W), *output_size)
+    if _resized(output_size, (H, W)):
+        return sem_seg_postprocess(up, (H, W), *output_size)
+    return up[:, :H, :W]
+
+
+def _resized(output_size: Size, size: Size) -> bool:
+    """Whether maps of ``size`` must be resized to ``output_size``: when the sizes differ, and
+    always in a traced graph (ONNX, TorchScript), whose sizes are only known when it runs
+    (resizing to the same size changes no value)."""
+    return torch.jit.is_tracing() or tuple(output_size) != tuple(size)
 
 
 def _resize_ids(ids: torch.Tensor, output_size: Tuple[int, int]) -> torch.Tensor:

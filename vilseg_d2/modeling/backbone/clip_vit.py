@@ -186,10 +186,14 @@ class D2OpenCLIPViT(Backbone):
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
     def _pos_embed(self, h: int, w: int) -> torch.Tensor:
-        """Positional embedding for an h x w token grid: (1 + h*w) x width."""
+        """Positional embedding for an h x w token grid: (1 + h*w) x width.
+
+        A traced graph (ONNX, TorchScript), whose grid is only known when it runs, always
+        interpolates: bicubic to the same size returns the embeddings unchanged.
+        """
         pos = self.visual.positional_embedding
         gh, gw = self.grid_size
-        if (h, w) == (gh, gw):
+        if not torch.jit.is_tracing() and (h, w) == (gh, gw):
             return pos
         grid = pos[1:].reshape(1, gh, gw, -1).permute(0, 3, 1, 2)
         grid = F.interpolate(grid.float(), size=(h, w), mode="bicubic", align_corners=False).to(
@@ -213,7 +217,7 @@ class D2OpenCLIPViT(Backbone):
                 f"D2OpenCLIPViT expects B x 3 x H x W images, got shape {tuple(x.shape)}."
             )
         H, W = x.shape[-2:]
-        if H % self.patch_size or W % self.patch_size:
+        if not torch.jit.is_tracing() and (H % self.patch_size or W % self.patch_size):
             raise ValueError(
                 f"Image size {H}x{W} is not a multiple of the patch size {self.patch_size}: "
                 "pad the batch to backbone.size_divisibility (Detectron2's ImageList.from_tensors "
