@@ -17,6 +17,7 @@ from PIL import Image
 
 from vilseg_d2.data.image_io import decode_image
 from vilseg_d2.engine import ViLSegCheckpointer, ViLSegPredictor
+from vilseg_d2.errors import UserError
 from vilseg_d2.export import ExportableViLSeg, export_onnx, export_torchscript
 
 from helpers import ROOT, TINY_CONFIG, load_script, tiny_cfg
@@ -295,7 +296,7 @@ def test_export_errors_say_what_to_fix(export_tool, weights, tmp_path):
 
     with pytest.raises(SystemExit, match="no_such.yaml: no such file"):
         run("--config-file", "no_such.yaml", "--vocabulary", "a; b")
-    with pytest.raises(SystemExit, match="The vocabulary is empty"):
+    with pytest.raises(UserError, match="The vocabulary is empty"):
         run("--config-file", TINY_CONFIG, "--vocabulary", " ; ", "MODEL.WEIGHTS", weights)
     with pytest.raises(SystemExit, match="Unknown config key MODEL.VILSEG.REFINE_ITER"):
         run("--config-file", TINY_CONFIG, "--vocabulary", "a", "MODEL.VILSEG.REFINE_ITER", "1")

@@ -11,6 +11,8 @@ import torch
 from detectron2.modeling import build_model
 from PIL import Image
 
+from vilseg_d2.errors import UserError
+
 from helpers import TINY_CONFIG, load_script, tiny_cfg
 
 VOCAB = ["circle", "square", "star"]
@@ -225,17 +227,17 @@ def test_demo_segments_every_mode_and_size(odd_images, tmp_path, capsys, monkeyp
 def test_demo_vocabulary_errors_say_what_to_fix(odd_images, tmp_path):
     demo = load_demo()
     image = [odd_images["gray"]]
-    with pytest.raises(SystemExit, match=r"more than once: \['Star', 'star'\]"):
+    with pytest.raises(UserError, match=r"more than once: \['Star', 'star'\]"):
         demo.main(demo_argv(image, tmp_path, vocabulary="star; circle; Star"))
     latin1 = tmp_path / "classes_latin1.txt"
     latin1.write_bytes("caf\xe9\nd\xe9j\xe0 vu\n".encode("latin-1"))
     with pytest.raises(
-        SystemExit, match=r"classes_latin1\.txt is not UTF-8 text .*save it as UTF-8"
+        UserError, match=r"classes_latin1\.txt is not UTF-8 text .*save it as UTF-8"
     ):
         demo.main(demo_argv(image, tmp_path, vocabulary_file=latin1))
     blank = tmp_path / "blank.txt"
     blank.write_text("\n ; \n")
-    with pytest.raises(SystemExit, match="The vocabulary is empty"):
+    with pytest.raises(UserError, match="The vocabulary is empty"):
         demo.main(demo_argv(image, tmp_path, vocabulary_file=blank))
     bom = tmp_path / "classes_bom.txt"  # UTF-8 with a byte-order mark (Windows editors): fine
     bom.write_bytes("\ufeffcircle\nsquare\n".encode("utf-8"))
@@ -259,7 +261,7 @@ def test_demo_with_truncated_weights_names_the_file(odd_images, tmp_path):
 
 def test_demo_refuses_untrained_weights_unless_asked(odd_images, tmp_path, caplog):
     demo = load_demo()
-    with pytest.raises(SystemExit, match=r"No trained weights: pass --opts MODEL.WEIGHTS"):
+    with pytest.raises(UserError, match=r"No trained weights: pass --opts MODEL.WEIGHTS"):
         demo.main(demo_argv([odd_images["gray"]], tmp_path, weights=()))
     with caplog.at_level("INFO"):
         demo.main(demo_argv([odd_images["gray"]], tmp_path))

@@ -39,16 +39,18 @@ import vilseg_d2  # noqa: E402,F401
 
 # isort: on
 
-import numpy as np
-from detectron2.data import Metadata
 from detectron2.utils.logger import setup_logger
 from PIL import Image
 
-from vilseg_d2.config import get_vilseg_cfg  # noqa: E402
 from vilseg_d2.data.image_io import decode_image  # noqa: E402
 from vilseg_d2.data.skip_tracker import BadRecordError  # noqa: E402
 from vilseg_d2.engine import ViLSegPredictor, vocabulary_args  # noqa: E402
-from vilseg_d2.visualization import class_colors, segmentation_panels  # noqa: E402
+from vilseg_d2.engine.image_segmentation import (  # noqa: E402
+    demo_config,
+    describe_weights,
+    segment_image,
+)
+from vilseg_d2.errors import MissingFileError, UserError, run_tool  # noqa: E402
 
 logger = logging.getLogger("vilseg_demo")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -72,7 +74,7 @@ def get_parser():
 
 
 def load_vocabulary(args) -> list:
-    """The class names of --vocabulary or --vocabulary-file; SystemExit saying what to fix."""
+    """The class names of --vocabulary or --vocabulary-file; a UserError saying what to fix."""
     return vocabulary_args.load_vocabulary(args)
 
 
@@ -84,27 +86,19 @@ def list_images(inputs) -> list:
                 f for f in glob.glob(os.path.join(path, "*")) if f.lower().endswith(IMAGE_EXTS)
             )
             if not found:
-                raise SystemExit(f"No images ({', '.join(IMAGE_EXTS)}) in folder {path}.")
+                raise UserError(f"No images ({', '.join(IMAGE_EXTS)}) in folder {path}.")
             files += found
         elif os.path.isfile(path):
             files.append(path)
         else:
-            raise SystemExit(f"--input {path}: no such file or folder.")
+            raise MissingFileError(f"--input {path}: no such file or folder.")
     return files
 
 
 def setup_cfg(args):
-    cfg = get_vilseg_cfg(args.config_file, args.opts)
-    cfg.DATASETS.TEST = ()
-    cfg.freeze()
-    if not (cfg.MODEL.WEIGHTS or cfg.MODEL.OPEN_CLIP.PRETRAINED or args.random_weights):
-        raise SystemExit(
-            "No trained weights: pass --opts MODEL.WEIGHTS /path/to/model_final.pth (after "
-            "`make demo`: output/demo/train/model_final.pth with --config-file "
-            "output/demo/train/config.yaml), or pretrained towers with "
-            "MODEL.OPEN_CLIP.PRETRAINED. --random-weights segments with an untrained model."
-        )
-    return cfg
+    """The frozen config (no test dataset); a UserError saying what to fix (no weights, a
+    missing file, no CUDA, an unknown key)."""
+    return demo_config(args.config_file, args.opts, random_weights=args.random_weights)
 
 
 def with_background(vocabulary: list, cfg) -> list:
@@ -122,23 +116,7 @@ def main(argv=None):
     cfg = setup_cfg(args)
     vocabulary = with_background(vocabulary, cfg)
     predictor = ViLSegPredictor(cfg, vocabulary)
-    if cfg.MODEL.WEIGHTS:
-        logger.info(f"Weights: {cfg.MODEL.WEIGHTS}")
-    elif cfg.MODEL.OPEN_CLIP.PRETRAINED:
-        logger.info(
-            f"Weights: open_clip {cfg.MODEL.OPEN_CLIP.MODEL_NAME} / "
-            f"{cfg.MODEL.OPEN_CLIP.PRETRAINED}"
-        )
-    else:
-        logger.warning(
-            "Weights: none, an untrained model (--random-weights): the segments mean nothing."
-        )
-    # Metadata of this call only (the catalog's entries cannot change: main() may run again).
-    meta = Metadata(
-        name="__vilseg_demo",
-        stuff_classes=list(vocabulary),
-        stuff_colors=class_colors(len(vocabulary)),
-    )
+    describe_weights(cfg, logger)
     os.makedirs(args.output, exist_ok=True)
 
     shares = {}
@@ -148,15 +126,10 @@ def main(argv=None):
         except BadRecordError as e:  # unreadable / not an image: say which file, go on
             print(f"skipped {path}: cannot read it as an image ({e})", file=sys.stderr)
             continue
-        out = predictor(np.ascontiguousarray(rgb[:, :, ::-1]))  # the predictor takes BGR
-        labels = out["sem_seg"].argmax(0).cpu().numpy()
-        clusters = out["clusters"].cpu().numpy()
+        result = segment_image(predictor, rgb, vocabulary)
         stem = os.path.splitext(os.path.basename(path))[0]
-        Image.fromarray(segmentation_panels(rgb, labels, clusters, meta)).save(
-            os.path.join(args.output, f"{stem}.png")
-        )
-        counts = np.bincount(labels.reshape(-1), minlength=len(vocabulary)) / labels.size
-        shares[path] = {c: round(float(s), 6) for c, s in zip(vocabulary, counts) if s > 0}
+        Image.fromarray(result.picture(rgb)).save(os.path.join(args.output, f"{stem}.png"))
+        shares[path] = result.shares()
         print(
             f"{path}: "
             + ", ".join(
@@ -169,4 +142,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -38,6 +38,7 @@ from detectron2.utils.logger import setup_logger
 
 from vilseg_d2.config import get_vilseg_cfg
 from vilseg_d2.engine import ViLSegCheckpointer, vocabulary_args
+from vilseg_d2.errors import run_tool
 from vilseg_d2.export.bundle import DEFAULT_OPSET, EXPORT_FORMATS, export_model
 from vilseg_d2.export.exportable import check_exportable
 from vilseg_d2.modeling.segmenter import ViLSegSegmenter
@@ -146,4 +147,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

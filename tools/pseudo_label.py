@@ -36,6 +36,7 @@ from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
 
 from vilseg_d2.config import get_vilseg_cfg
+from vilseg_d2.data.datasets.register_sem_seg import DatasetNotRegisteredError
 from vilseg_d2.data.pseudo_labels import (
     image_stems,
     keep_most_confident,
@@ -43,6 +44,7 @@ from vilseg_d2.data.pseudo_labels import (
     write_pseudo_labels,
 )
 from vilseg_d2.engine import ViLSegTrainer, eval_classes, eval_vocabulary, load_eval_weights
+from vilseg_d2.errors import MissingFileError, UserError, run_tool
 
 logger = logging.getLogger("vilseg_d2.pseudo_label")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -66,29 +68,36 @@ def parse_args(argv=None):
 def image_files(args) -> list:
     """The image paths to label, in a fixed order."""
     if args.dataset:
+        if args.dataset not in DatasetCatalog:
+            raise DatasetNotRegisteredError(
+                f"--dataset {args.dataset} is not registered; the registered datasets are: "
+                f"{', '.join(sorted(DatasetCatalog.list()))}. A folder of images: --images."
+            )
         records = DatasetCatalog.get(args.dataset)
         files = [r.get("file_name") for r in records]
         if not all(isinstance(f, str) for f in files):
-            raise ValueError(
+            raise UserError(
                 f"{args.dataset} has records without an image file_name (e.g. webdataset "
                 "shards); extract the images to a folder and pass --images."
             )
     else:
         if not os.path.isdir(args.images):
-            raise FileNotFoundError(f"--images {args.images} is not a folder.")
+            raise MissingFileError(f"--images {args.images} is not a folder.")
         files = sorted(
             os.path.join(args.images, f)
             for f in os.listdir(args.images)
             if f.lower().endswith(IMAGE_EXTENSIONS)
         )
         if args.image_list:
+            if not os.path.isfile(args.image_list):
+                raise MissingFileError(f"--image-list {args.image_list}: no such file.")
             with open(args.image_list) as f:
                 wanted = {line.strip() for line in f if line.strip()}
             files = [f for f in files if os.path.splitext(os.path.basename(f))[0] in wanted]
     if args.max_images > 0:
         files = files[: args.max_images]
     if not files:
-        raise ValueError("No images to label: check --dataset / --images / --image-list.")
+        raise UserError("No images to label: check --dataset / --images / --image-list.")
     return files
 
 
@@ -98,14 +107,14 @@ def main(args):
     setup_logger(distributed_rank=comm.get_rank())
     setup_logger(distributed_rank=comm.get_rank(), name="vilseg_d2")
     if not cfg.DATASETS.TEST:
-        raise ValueError("DATASETS.TEST[0] must name the dataset whose classes to label with.")
+        raise UserError("DATASETS.TEST[0] must name the dataset whose classes to label with.")
     target = cfg.DATASETS.TEST[0]
     classes, vocabulary = eval_classes(cfg, target), eval_vocabulary(cfg, target)
+    files = image_files(args)  # a mistake in the image arguments stops before the model is built
+    stems = image_stems(files)  # unique, or an error before any labelling
     model = ViLSegTrainer.build_model(cfg)
     load_eval_weights(cfg, model)
     model.eval()
-    files = image_files(args)
-    stems = image_stems(files)  # unique, or an error before any labelling
     rank, world = comm.get_rank(), comm.get_world_size()
 
     def progress(items, total):
@@ -135,6 +144,14 @@ def main(args):
         return json.load(f)
 
 
+def launch_main(argv=None):
+    """The command line, then ``main`` in each process (``--num-gpus``)."""
+    args = parse_args(argv)
+    get_vilseg_cfg(args.config_file, args.opts)  # a bad key or device fails here, not in N workers
+    return launch(
+        main, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, args=(args,)
+    )
+
+
 if __name__ == "__main__":
-    args = parse_args()
-    launch(main, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, args=(args,))
+    run_tool(launch_main)  # a user's mistake (missing file, no CUDA, bad key): one message

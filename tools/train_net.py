@@ -37,6 +37,7 @@ from detectron2.utils.logger import setup_logger
 from vilseg_d2.config import get_vilseg_cfg  # noqa: E402
 from vilseg_d2.data.datasets import register_pseudo_label_datasets_from_config  # noqa: E402
 from vilseg_d2.engine import ViLSegTrainer, load_eval_weights  # noqa: E402
+from vilseg_d2.errors import run_tool  # noqa: E402
 
 
 def setup(args):
@@ -73,11 +74,12 @@ def main(args):
     return trainer.train()
 
 
-if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+def launch_main(argv=None):
+    """Detectron2's command line (``default_argument_parser``), then ``main`` in each process."""
+    args = default_argument_parser().parse_args(argv)
     print("Command Line Args:", args)
     get_vilseg_cfg(args.config_file, args.opts)  # a bad key or device fails here, not in N workers
-    launch(
+    return launch(
         main,
         args.num_gpus,
         num_machines=args.num_machines,
@@ -85,3 +87,7 @@ if __name__ == "__main__":
         dist_url=args.dist_url,
         args=(args,),
     )
+
+
+if __name__ == "__main__":
+    run_tool(launch_main)  # a user's mistake (missing file, no CUDA, bad key): one message

@@ -1,6 +1,27 @@
 """Config keys of vilseg_d2. Each ``add_*_config`` only adds keys, as Detectron2's own do."""
 
+import os
+
 from detectron2.config import CfgNode as CN
+
+from .errors import UserError
+
+
+class ConfigFileNotFoundError(UserError, FileNotFoundError):
+    """The config file given does not exist."""
+
+
+class ConfigKeyError(UserError, KeyError):
+    """A config file or override the config cannot take: a key that does not exist (the message
+    lists close ones), an override list of odd length."""
+
+
+class ConfigValueError(UserError, ValueError):
+    """A config file or override gives a key a value of the wrong type (a word for a number)."""
+
+
+class CudaUnavailableError(UserError, RuntimeError):
+    """``MODEL.DEVICE`` asks for CUDA on a machine without it."""
 
 
 def add_vilseg_backbone_config(cfg: CN) -> None:
@@ -221,13 +242,21 @@ def get_vilseg_cfg(config_file: str = "", opts=(), *, check_device: bool = True)
             the config is run elsewhere (a SLURM job's nodes have the GPUs, its login node not).
 
     Raises:
-        KeyError: an override or the file names a key that does not exist.
-        RuntimeError: ``MODEL.DEVICE`` asks for CUDA (Detectron2's default, "cuda") and CUDA is
-            not available (with ``check_device``). The run is never moved to the CPU silently:
-            pass ``MODEL.DEVICE cpu``.
+        ConfigFileNotFoundError (a FileNotFoundError): ``config_file`` does not exist.
+        ConfigKeyError (a KeyError): an override or the file names a key that does not exist,
+            or the overrides are not pairs.
+        ConfigValueError (a ValueError): a value of the wrong type (yacs' "Type mismatch").
+        CudaUnavailableError (a RuntimeError): ``MODEL.DEVICE`` asks for CUDA (Detectron2's
+            default, "cuda") and CUDA is not available (with ``check_device``). The run is never
+            moved to the CPU silently: pass ``MODEL.DEVICE cpu``.
     """
     from detectron2.config import get_cfg
 
+    if config_file and not os.path.isfile(config_file):
+        raise ConfigFileNotFoundError(
+            f"--config-file {config_file}: no such file (relative paths are read from "
+            f"{os.getcwd()})."
+        )
     cfg = get_cfg()
     add_vilseg_config(cfg)
     try:
@@ -235,7 +264,11 @@ def get_vilseg_cfg(config_file: str = "", opts=(), *, check_device: bool = True)
             cfg.merge_from_file(config_file)
         cfg.merge_from_list(list(opts))
     except (KeyError, AssertionError) as e:
-        raise _unknown_key_error(cfg, str(e)) from e
+        raise _unknown_key_error(cfg, str(e.args[0]) if e.args else str(e)) from e
+    except ValueError as e:
+        if "Type mismatch" not in str(e):
+            raise
+        raise ConfigValueError(str(e)) from e
     if check_device:
         _check_device_available(cfg.MODEL.DEVICE)
     return cfg
@@ -245,12 +278,12 @@ def _check_device_available(device: str) -> None:
     """Raise if ``device`` (a ``MODEL.DEVICE`` value) asks for CUDA on a machine without it.
 
     Raises:
-        RuntimeError: saying to pass ``MODEL.DEVICE cpu`` to run on the CPU.
+        CudaUnavailableError: saying to pass ``MODEL.DEVICE cpu`` to run on the CPU.
     """
     import torch
 
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(
+        raise CudaUnavailableError(
             f"CUDA was requested (MODEL.DEVICE={device}) but is not available (torch "
             f"{torch.__version__}, built for CUDA {torch.version.cuda}): check the GPU driver, "
             f"CUDA_VISIBLE_DEVICES and the torch build, or pass MODEL.DEVICE cpu to run on CPU."
@@ -264,14 +297,14 @@ def _all_keys(node: CN, prefix: str = "") -> list:
     return keys
 
 
-def _unknown_key_error(cfg: CN, message: str) -> Exception:
+def _unknown_key_error(cfg: CN, message: str) -> KeyError:
     """Turn yacs' "Non-existent key: X" into an error that also says which keys exist."""
     import difflib
     import re
 
     match = re.search(r"Non-existent (?:config )?key: ([\w.]+)", message)
     if not match:
-        return KeyError(message)
+        return ConfigKeyError(message)
     key = match.group(1)
     section, _, leaf = key.rpartition(".")
     siblings = [k for k in _all_keys(cfg) if k.rpartition(".")[0] == section]
@@ -284,4 +317,4 @@ def _unknown_key_error(cfg: CN, message: str) -> Exception:
         )
     else:
         hint = f"Keys under {section or 'the root'}: {', '.join(siblings[:40])}."
-    return KeyError(f"Unknown config key {key}. {hint}")
+    return ConfigKeyError(f"Unknown config key {key}. {hint}")

@@ -11,6 +11,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.build import build_batch_data_loader
 from detectron2.utils import comm
 
+from ..errors import MissingFileError
 from .caption_datasets import (
     check_image_files,
     is_local_path,
@@ -68,7 +69,7 @@ def _shard_source(name: str, meta, *, seed: int, shuffle_buffer: int, max_skip_f
     description = spec if isinstance(spec, str) else f"{len(spec)} shards ({spec[0]}, ...)"
     shards = resolve_shards(spec)
     if not shards:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"Caption dataset '{name}': no shard found at {spec}. Download it with img2dataset "
             f"(output_format webdataset) into that folder (see datasets/README.md), or register "
             f"the right location with vilseg_d2.data.register_caption_dataset."
@@ -80,7 +81,7 @@ def _shard_source(name: str, meta, *, seed: int, shuffle_buffer: int, max_skip_f
             f"{', '.join(missing[:10])}{', ...' if len(missing) > 10 else ''}"
         )
         if len(missing) == len(shards) or len(missing) / len(shards) > max_skip_fraction:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 msg + f". That is more than DATALOADER.MAX_SKIP_FRACTION = {max_skip_fraction:g}"
                 f" of the shards: restore them or change the shard list."
             )

@@ -24,6 +24,8 @@ from typing import Sequence
 
 from detectron2.utils.file_io import PathManager
 
+from ..errors import MissingFileError
+
 __all__ = [
     "ManifestContents",
     "read_caption_manifest",
@@ -251,7 +253,7 @@ def check_image_files(
     joined = (
         f"'{raw}' joined to image_root {image_root}" if raw != missing[0] else "an absolute path"
     )
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"Caption dataset '{dataset_name}': none of the first {len(paths)} image files listed in "
         f"{listing} exist, e.g. {missing[0]} ({joined}). "
         f"{_fix_for_missing_images(raw, image_root, listing)}"

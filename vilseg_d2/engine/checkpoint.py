@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import re
 import zipfile
@@ -12,12 +13,33 @@ from typing import Any, Dict
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-__all__ = ["ViLSegCheckpointer", "load_eval_weights"]
+from ..errors import MissingFileError, UserError
+
+__all__ = [
+    "CheckpointMismatchError",
+    "NoWeightsError",
+    "UnreadableCheckpointError",
+    "ViLSegCheckpointer",
+    "load_eval_weights",
+]
 
 logger = logging.getLogger(__name__)
 
 # What torch.load raises for a file cut short or not a checkpoint at all.
 _CORRUPT_ERRORS = (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile)
+
+
+class UnreadableCheckpointError(UserError, RuntimeError):
+    """A checkpoint file that cannot be read: truncated, corrupt, not a checkpoint, or holding
+    Python objects that ``weights_only`` refuses."""
+
+
+class CheckpointMismatchError(UserError, ValueError):
+    """A checkpoint none of whose tensors fits the model: another architecture's."""
+
+
+class NoWeightsError(UserError, ValueError):
+    """Nothing to load: the model would run at its random initialisation."""
 
 
 def _first_line(error: Exception) -> str:
@@ -42,6 +64,11 @@ class ViLSegCheckpointer(DetectionCheckpointer):
     """
 
     def load(self, path: str, *args, **kwargs) -> Dict[str, Any]:
+        if path and "://" not in path and not os.path.isfile(path):
+            raise MissingFileError(
+                f"Checkpoint {path} not found (MODEL.WEIGHTS; a relative path is read from "
+                f"{os.getcwd()})."
+            )
         self._loading = path
         try:
             return super().load(path, *args, **kwargs)
@@ -67,7 +94,7 @@ class ViLSegCheckpointer(DetectionCheckpointer):
             reason = match.group(1).strip().split(". Please")[0] if match else _first_line(e)
             if "Unsupported global" not in str(e):
                 raise self._corrupt(filename, type(e).__name__, reason) from e
-            raise RuntimeError(
+            raise UnreadableCheckpointError(
                 f"Checkpoint {filename} holds Python objects besides tensors, which "
                 f"torch.load(weights_only=True) refuses to unpickle as they could run code "
                 f"({reason}). If you trust the file, re-save its weights only: "
@@ -79,8 +106,8 @@ class ViLSegCheckpointer(DetectionCheckpointer):
             raise OSError(f"Cannot read checkpoint {filename}: {e}") from e
 
     @staticmethod
-    def _corrupt(filename: str, error: str, reason: str) -> RuntimeError:
-        return RuntimeError(
+    def _corrupt(filename: str, error: str, reason: str) -> UnreadableCheckpointError:
+        return UnreadableCheckpointError(
             f"Cannot read checkpoint {filename}: it is truncated, corrupt or not a PyTorch "
             f"checkpoint ({error}: {reason}). Copy or download it again, or use another "
             f"checkpoint (a training run keeps the earlier model_*.pth)."
@@ -95,7 +122,7 @@ class ViLSegCheckpointer(DetectionCheckpointer):
         missing = set(incompatible.missing_keys)
         if expected and all(k in missing for k in expected):
             where = getattr(self, "_loading", None) or "the checkpoint"
-            raise ValueError(
+            raise CheckpointMismatchError(
                 f"None of the {len(given)} tensors of {where} fits this "
                 f"{type(self.model).__name__} (it has e.g. {given[:3]}; the model expects e.g. "
                 f"{expected[:3]}): it is a "
@@ -142,8 +169,8 @@ def load_eval_weights(cfg, model: torch.nn.Module, *, resume: bool = False) -> N
         resume: ``--resume``: prefer the last checkpoint of ``OUTPUT_DIR``.
 
     Raises:
-        ValueError: nothing to load and ``MODEL.OPEN_CLIP.PRETRAINED`` empty: the model would be
-            evaluated at its random initialisation.
+        NoWeightsError (a ValueError): nothing to load and ``MODEL.OPEN_CLIP.PRETRAINED``
+            empty: the model would be evaluated at its random initialisation.
     """
     checkpointer = ViLSegCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
     if cfg.MODEL.WEIGHTS or (resume and checkpointer.has_checkpoint()):
@@ -151,7 +178,7 @@ def load_eval_weights(cfg, model: torch.nn.Module, *, resume: bool = False) -> N
         return
     name, pretrained = cfg.MODEL.OPEN_CLIP.MODEL_NAME, cfg.MODEL.OPEN_CLIP.PRETRAINED
     if not pretrained:
-        raise ValueError(
+        raise NoWeightsError(
             'Nothing to evaluate: MODEL.WEIGHTS is empty and MODEL.OPEN_CLIP.PRETRAINED is "" '
             "(random init), so the model would be evaluated at its random initialisation. Pass "
             "MODEL.WEIGHTS /path/to/model_final.pth, or MODEL.OPEN_CLIP.PRETRAINED openai (or a "

@@ -1,5 +1,6 @@
 """The vocabulary of a command-line tool (``--vocabulary`` / ``--vocabulary-file``), read as
-``tools/demo.py`` and ``tools/export_model.py`` read it: errors say what to fix."""
+``tools/demo.py``, ``tools/export_model.py`` and the web demo read it: errors
+(:class:`VocabularyError`, a :class:`~vilseg_d2.errors.UserError`) say what to fix."""
 
 from __future__ import annotations
 
@@ -7,10 +8,23 @@ import argparse
 import logging
 from typing import List, Optional
 
+from ..errors import UserError
 from ..modeling.text_encoder import duplicate_classes, parse_vocabulary
 from ..modeling.vocabulary import BACKGROUND
 
-__all__ = ["add_background_class", "add_vocabulary_arguments", "load_vocabulary"]
+__all__ = [
+    "VocabularyError",
+    "add_background_class",
+    "add_vocabulary_arguments",
+    "load_vocabulary",
+    "needs_background_class",
+    "vocabulary_from_text",
+]
+
+
+class VocabularyError(UserError, ValueError):
+    """A vocabulary that cannot be segmented with (empty, a class named twice, an unreadable
+    file); the message says what to fix."""
 
 
 def add_vocabulary_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -22,13 +36,43 @@ def add_vocabulary_arguments(parser: argparse.ArgumentParser, required: bool = T
     vocab.add_argument("--vocabulary-file", help="UTF-8 text file, one class per line")
 
 
-def load_vocabulary(args: argparse.Namespace) -> Optional[List[str]]:
-    """The class names of ``args.vocabulary`` or ``args.vocabulary_file`` (None if neither is
-    given). Within a class, commas separate synonyms.
+def vocabulary_from_text(text: str) -> List[str]:
+    """The class names of a vocabulary text: ';' (or a new line) between classes, ',' between
+    the synonyms of one class (``"cat; dog; sky, clouds"`` -> ``["cat", "dog", "sky, clouds"]``).
 
     Raises:
-        SystemExit: saying what to fix: an unreadable or non-UTF-8 file, an empty vocabulary, a
-            class named twice.
+        VocabularyError: an empty vocabulary, a class of commas alone, a class named twice (case
+            and spacing ignored).
+    """
+    classes = parse_vocabulary(text)
+    if not classes:
+        raise VocabularyError(
+            "The vocabulary is empty: give at least one class name, e.g. 'cat; dog' (';' between "
+            "classes, ',' between the synonyms of one class)."
+        )
+    blank = [c for c in classes if not c.replace(",", "").strip()]
+    if blank:
+        raise VocabularyError(
+            f"The vocabulary has classes without a name: {blank}. Give each class a name; "
+            "commas separate the synonyms of one class ('cat, kitten')."
+        )
+    duplicates = duplicate_classes(classes)
+    if duplicates:
+        raise VocabularyError(
+            f"The vocabulary names these classes more than once: {duplicates}. "
+            "Give each class once; synonyms of one class go in one name, separated by commas "
+            "('cat, kitten')."
+        )
+    return classes
+
+
+def load_vocabulary(args: argparse.Namespace) -> Optional[List[str]]:
+    """The class names of ``args.vocabulary`` or ``args.vocabulary_file`` (None if neither is
+    given), read by :func:`vocabulary_from_text`.
+
+    Raises:
+        VocabularyError: saying what to fix: an unreadable or non-UTF-8 file, an empty
+            vocabulary, a class named twice.
     """
     if args.vocabulary is not None:
         text = args.vocabulary
@@ -37,27 +81,24 @@ def load_vocabulary(args: argparse.Namespace) -> Optional[List[str]]:
             with open(args.vocabulary_file, encoding="utf-8-sig") as f:  # a BOM is dropped
                 text = f.read()
         except UnicodeDecodeError as e:
-            raise SystemExit(
+            raise VocabularyError(
                 f"--vocabulary-file {args.vocabulary_file} is not UTF-8 text ({e}); "
                 "save it as UTF-8."
-            )
+            ) from None
         except OSError as e:
-            raise SystemExit(f"Cannot read --vocabulary-file: {e}")
+            raise VocabularyError(f"Cannot read --vocabulary-file: {e}") from None
     else:
         return None
-    classes = parse_vocabulary(text)
-    if not classes:
-        raise SystemExit(
-            "The vocabulary is empty: give at least one class name, e.g. --vocabulary 'cat; dog'."
-        )
-    duplicates = duplicate_classes(classes)
-    if duplicates:
-        raise SystemExit(
-            f"The vocabulary names these classes more than once: {duplicates}. "
-            "Give each class once; synonyms of one class go in one name, separated by commas "
-            "('cat, kitten')."
-        )
-    return classes
+    return vocabulary_from_text(text)
+
+
+def needs_background_class(
+    vocabulary: List[str], *, bg_threshold: float, bg_global_similarity: float
+) -> bool:
+    """Whether the background rules (``MODEL.VILSEG.BG_THRESHOLD`` / ``BG_GLOBAL_SIMILARITY``)
+    are on and the vocabulary names no "background" class for the pixels they assign."""
+    rules = bg_threshold > 0 or bg_global_similarity > 0
+    return rules and BACKGROUND not in (c.strip().lower() for c in vocabulary)
 
 
 def add_background_class(
@@ -71,8 +112,10 @@ def add_background_class(
         cfg: a ViL-Seg config (``MODEL.VILSEG.BG_THRESHOLD`` / ``BG_GLOBAL_SIMILARITY``).
         logger: says so when the class is added.
     """
-    rules = cfg.MODEL.VILSEG.BG_THRESHOLD > 0 or cfg.MODEL.VILSEG.BG_GLOBAL_SIMILARITY > 0
-    if not rules or BACKGROUND in (c.strip().lower() for c in vocabulary):
+    rules = cfg.MODEL.VILSEG
+    if not needs_background_class(
+        vocabulary, bg_threshold=rules.BG_THRESHOLD, bg_global_similarity=rules.BG_GLOBAL_SIMILARITY
+    ):
         return vocabulary
     if logger is not None:
         logger.info(

@@ -9,6 +9,8 @@ from typing import Dict, Optional
 
 import torch
 
+from ..errors import MissingFileError
+
 __all__ = ["kmeans", "load_centroids", "save_centroids"]
 
 CENTROIDS_FORMAT = "vilseg_d2.dataset_centroids.v1"
@@ -82,7 +84,7 @@ def load_centroids(path: str, num_clusters: int, dim: Optional[int] = None) -> D
         ValueError: not a centroids file, or C / D other than the model's.
     """
     if not path or not os.path.isfile(path):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"MODEL.VILSEG.DATASET_CENTROIDS={path!r}: no such file. INFERENCE_MODE "
             "'kmeans_dataset' needs centroids fit on caption-training images: run "
             "tools/fit_centroids.py --config-file <config> --output centroids.pth "

@@ -11,6 +11,8 @@ from urllib.parse import urlparse
 import open_clip
 import torch
 
+from ..errors import MissingFileError
+
 logger = logging.getLogger(__name__)
 
 _HF_HOST = "huggingface.co"
@@ -75,7 +77,7 @@ def resolve_pretrained(
     tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
     if not tag_cfg:
         if os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"MODEL.OPEN_CLIP.PRETRAINED: checkpoint file {pretrained!r} does not exist."
             )
         tags = open_clip.list_pretrained_tags_by_model(model_name)

@@ -17,6 +17,7 @@ from typing import Sequence
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.file_io import PathManager
 
+from ...errors import MissingFileError
 from ..caption_datasets import read_caption_manifest, read_coco_captions, resolve_shards
 from .register_sem_seg import remove_if_registered
 
@@ -43,7 +44,7 @@ _CONFIG_KEY = "DATASETS.CAPTION_DATASETS"
 def require_file(name: str, path: str, hint: str) -> None:
     """Raise a FileNotFoundError that says how to get dataset ``name`` if ``path`` is missing."""
     if not PathManager.exists(path):
-        raise FileNotFoundError(f"Dataset '{name}': {path} not found; {hint}.")
+        raise MissingFileError(f"Dataset '{name}': {path} not found; {hint}.")
 
 
 def register_caption_dataset(

@@ -8,6 +8,7 @@ import logging
 import os
 from typing import List
 
+from ...errors import MissingFileError
 from ..pseudo_labels import MANIFEST
 from .register_sem_seg import register_sem_seg_dataset
 
@@ -30,7 +31,7 @@ def register_pseudo_label_dataset(root: str) -> str:
     """
     path = os.path.join(root, MANIFEST)
     if not os.path.isfile(path):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{path} is missing: {root} is not a finished output of tools/pseudo_label.py "
             "(run it, or resume it with the same command)."
         )

@@ -12,6 +12,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_sem_seg
 from detectron2.utils.file_io import PathManager
 
+from ...errors import MissingFileError, UserError
+
 __all__ = [
     "register_sem_seg_dataset",
     "remove_if_registered",
@@ -32,15 +34,12 @@ _HOW_TO_REGISTER = (
 )
 
 
-class DatasetNotRegisteredError(KeyError):
+class DatasetNotRegisteredError(UserError, KeyError):
     """A dataset name that is not registered (Detectron2's ``DatasetCatalog`` raises a KeyError
-    too); printed as its message, where a KeyError would print its repr."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
+    too); printed as its message (:class:`UserError`), where a KeyError would print its repr."""
 
 
-class SemSegDatasetNotPreparedError(FileNotFoundError):
+class SemSegDatasetNotPreparedError(MissingFileError):
     """A registered semantic-segmentation dataset whose folders are missing or empty."""
 
 

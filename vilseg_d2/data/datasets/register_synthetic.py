@@ -12,6 +12,7 @@ import os
 
 from detectron2.data.datasets import load_sem_seg
 
+from ...errors import MissingFileError
 from ..synthetic import STUFF_CLASSES, STUFF_COLORS
 from .register_captions import register_caption_dataset
 from .register_sem_seg import register_sem_seg_dataset
@@ -32,7 +33,7 @@ def default_synthetic_root() -> str:
 def _read_meta(root: str) -> dict:
     path = os.path.join(root, "meta.json")
     if not os.path.isfile(path):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"No synthetic world at {root} (no meta.json). Generate it with "
             f"`python -m vilseg_d2.data.synthetic --out {root}`, or call "
             f"vilseg_d2.data.register_synthetic_world(<its folder>)."
