@@ -78,17 +78,10 @@ def precision(dtype: str):
         yield
 
 
-@contextlib.contextmanager
 def model_settings(model, **attrs):
-    """Temporarily set attributes of the model (inference mode, sliding window)."""
-    old = {k: getattr(model, k) for k in attrs}
-    for k, v in attrs.items():
-        setattr(model, k, v)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            setattr(model, k, v)
+    """Temporarily set inference settings of the model (inference mode, sliding window): a
+    context manager, :meth:`~vilseg_d2.modeling.segmenter.SegmenterSettings.settings`."""
+    return model.settings(**attrs)
 
 
 # --------------------------------------------------------------------------- memory

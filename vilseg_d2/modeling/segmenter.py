@@ -12,7 +12,8 @@ elsewhere (:meth:`ViLSegSegmenter.embedding_regions` +
 
 from __future__ import annotations
 
-from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
+import contextlib
+from typing import Callable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -390,6 +391,19 @@ def _windows(length: int, size: int, stride: int) -> List[Tuple[int, int]]:
 class SegmenterSettings:
     """Mixin for a module that owns a :class:`ViLSegSegmenter` as ``self.segmenter``: its inference
     settings read and set on the module as on the segmenter (``model.bg_threshold = 0.9``)."""
+
+    @contextlib.contextmanager
+    def settings(self, **values) -> Iterator[None]:
+        """Set inference settings for the time of the block (``with model.settings(
+        inference_mode="dense", refine_iters=0):``); the old values are restored after."""
+        old = {k: getattr(self, k) for k in values}
+        for k, v in values.items():
+            setattr(self, k, v)
+        try:
+            yield
+        finally:
+            for k, v in old.items():
+                setattr(self, k, v)
 
 
 for _name, _setting in (
