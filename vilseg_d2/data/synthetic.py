@@ -48,6 +48,7 @@ __all__ = [
     "SyntheticObject",
     "SyntheticSample",
     "render_sample",
+    "validation_sample",
     "make_caption",
     "generate_synthetic_world",
     "main",
@@ -248,6 +249,16 @@ def render_sample(
 
 def _sample_rng(seed: int, split: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, split, index])
+
+
+def validation_sample(
+    index: int, seed: int = 0, *, image_size: int = 128, texture_strength: float = 1.0
+) -> SyntheticSample:
+    """Sample ``index`` of the validation split of the world of ``seed``, rendered in memory: the
+    image and mask that ``generate_synthetic_world`` writes as ``val/images/{index:06d}.png``."""
+    return render_sample(
+        _sample_rng(seed, 1, index), image_size=image_size, texture_strength=texture_strength
+    )
 
 
 def _objects_json(objects: list[SyntheticObject]) -> list[dict]:
