@@ -54,6 +54,10 @@ setup(
             # tests/test_export.py: the exported graph in onnxruntime (as "deploy" below).
             "onnx>=1.14",
             "onnxruntime>=1.16",
+            # tests/test_web_app*.py: the web demo (as "app" below), called through gradio_client
+            # (installed with gradio) and driven in headless Chromium through Selenium.
+            "gradio>=6.31,<7",
+            "selenium>=4.10",
         ],
         # tools/submit_slurm.py: training on a SLURM cluster; JobEnvironment, the local and SLURM
         # executors, the checkpoint/requeue protocol (the oldest release tested).
@@ -65,5 +69,9 @@ setup(
         # alone. Floors: opset 17 and numpy 1.x wheels (onnx 1.14, onnxruntime 1.16); both run
         # with this project's numpy<2.
         "deploy": ["onnx>=1.14", "onnxruntime>=1.16"],
+        # tools/web_demo.py: the browser demo (`make app`). Gradio's API changes between major
+        # versions (Blocks events, the queue's arguments, gr.Error/gr.Warning): the 6.x releases
+        # tested; it pulls no torch.
+        "app": ["gradio>=6.31,<7"],
     },
 )
