@@ -9,7 +9,6 @@ import gradio as gr
 import numpy as np
 import pytest
 from PIL import Image
-from web_app_fixtures import VOCABULARY, app_opts, bad_files, write_images, write_weights
 
 from vilseg_d2.app import InputLimits, read_image, read_vocabulary
 from vilseg_d2.app.cli import load_web_segmenter
@@ -18,6 +17,7 @@ from vilseg_d2.data.synthetic import validation_sample
 from vilseg_d2.errors import UserError
 
 from helpers import TINY_CONFIG, load_script
+from web_app_fixtures import VOCABULARY, app_opts, bad_files, write_images, write_weights
 
 DENSE_UNREFINED = {"mode": "dense", "refine": False, "bg_threshold": 0.0,
                    "bg_global_similarity": 0.0}  # fmt: skip

@@ -9,6 +9,7 @@ import struct
 import zlib
 
 import numpy as np
+import pytest
 import torch
 from detectron2.modeling import build_model
 from PIL import Image
@@ -18,6 +19,12 @@ from vilseg_d2.engine import ViLSegCheckpointer
 
 from helpers import tiny_cfg
 
+# Gradio's own deprecation warnings under numpy 1.x and pandas 3 (none is this project's).
+GRADIO_WARNINGS = [
+    pytest.mark.filterwarnings("ignore:`np.bool8` is a deprecated alias:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
+    pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting' is deprecated"),
+]
 # Rules under which the untrained tiny model (seed 0) gives the images several classes.
 RULE_OPTS = ["MODEL.VILSEG.BG_THRESHOLD", "0.4", "MODEL.VILSEG.BG_GLOBAL_SIMILARITY", "0.97"]
 VOCABULARY = "circle; square, box; star; heart"
