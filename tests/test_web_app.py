@@ -109,6 +109,10 @@ def test_no_image_and_bad_settings_are_a_message(web, images):
     assert message_of(web, image, bg_threshold=1.5) == (
         "bg_threshold must be a number from 0 to 1 (0: off), got 1.5."
     )
+    assert message_of(web, image, bg_global_similarity="high").startswith(
+        "bg_global_similarity must be a number from 0 to 1"
+    )
+    assert message_of(web, image, refine="yes") == "refine must be true or false, got 'yes'."
 
 
 @pytest.mark.parametrize(

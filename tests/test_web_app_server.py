@@ -9,6 +9,7 @@ import json
 import threading
 import time
 
+import gradio as gr
 import httpx
 import numpy as np
 import pytest
@@ -18,7 +19,8 @@ from PIL import Image
 
 import vilseg_d2.app.page as page_module
 from vilseg_d2.app import cli
-from vilseg_d2.app.server import browser_url
+from vilseg_d2.app.server import browser_url, serve
+from vilseg_d2.errors import UserError
 
 from helpers import TINY_CONFIG
 from web_app_fixtures import (
@@ -75,6 +77,14 @@ def test_the_printed_url_opens_on_this_machine(server):
     assert browser_url("0.0.0.0", 7860) == "http://127.0.0.1:7860/"
     assert browser_url("::", 7860) == "http://[::1]:7860/"
     assert browser_url("localhost", 80) == "http://localhost:80/"
+
+
+def test_a_port_in_use_is_one_message(server):
+    with gr.Blocks(analytics_enabled=False) as other:
+        gr.Markdown("another page")
+    with pytest.raises(UserError, match=rf"Cannot serve on 127.0.0.1, port {server[2]}: "):
+        serve(other, port=server[2], block=False)
+    other.close()
 
 
 def test_three_requests_at_once_are_answered_one_at_a_time(client, web, images, monkeypatch):

@@ -46,6 +46,7 @@ from vilseg_d2.data.image_io import decode_image  # noqa: E402
 from vilseg_d2.data.skip_tracker import BadRecordError  # noqa: E402
 from vilseg_d2.engine import ViLSegPredictor, vocabulary_args  # noqa: E402
 from vilseg_d2.engine.image_segmentation import (  # noqa: E402
+    add_model_arguments,
     demo_config,
     describe_weights,
     segment_image,
@@ -64,12 +65,7 @@ def get_parser():
     p.add_argument("--input", nargs="+", required=True, help="image files and/or folders")
     vocabulary_args.add_vocabulary_arguments(p)
     p.add_argument("--output", required=True, help="output folder")
-    p.add_argument("--random-weights", action="store_true",
-                   help="segment with untrained weights when neither MODEL.WEIGHTS nor "
-                        "MODEL.OPEN_CLIP.PRETRAINED is set")  # fmt: skip
-    p.add_argument(
-        "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides, KEY VALUE ..."
-    )
+    add_model_arguments(p)
     return p
 
 

@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Tuple
 
 from detectron2.utils.logger import setup_logger
 
-from ..engine.image_segmentation import demo_config, describe_weights
+from ..engine.image_segmentation import add_model_arguments, demo_config, describe_weights
 from ..engine.predictor import ViLSegPredictor
 from ..errors import UserError
 from .examples import example_images
@@ -37,12 +37,7 @@ def get_parser() -> argparse.ArgumentParser:
                    help="port (default: the first free one from 7860)")  # fmt: skip
     p.add_argument("--share", action="store_true",
                    help="also ask Gradio for a public link (needs Gradio's servers)")  # fmt: skip
-    p.add_argument("--random-weights", action="store_true",
-                   help="serve an untrained model when neither MODEL.WEIGHTS nor "
-                        "MODEL.OPEN_CLIP.PRETRAINED is set")  # fmt: skip
-    p.add_argument(
-        "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides, KEY VALUE ..."
-    )
+    add_model_arguments(p)
     return p
 
 

@@ -103,13 +103,15 @@ class WebSegmenter:
         """The config's settings with ``changes`` (None: the config's), checked.
 
         Raises:
-            UserError: an unknown mode, a rule outside [0, 1].
+            UserError: an unknown mode, a rule outside [0, 1], a refinement not true or false.
         """
         settings = replace(self.defaults, **{k: v for k, v in changes.items() if v is not None})
         if settings.mode not in self.modes:
             raise UserError(
                 f"Unknown inference mode {settings.mode!r}: choose one of {', '.join(self.modes)}."
             )
+        if not isinstance(settings.refine, bool):
+            raise UserError(f"refine must be true or false, got {settings.refine!r}.")
         for name in ("bg_threshold", "bg_global_similarity"):
             value = getattr(settings, name)
             if not isinstance(value, (int, float)) or not 0 <= value <= 1:

@@ -5,6 +5,7 @@ maps, the picture (input | classes | clusters) and each class's share of the pix
 
 from __future__ import annotations
 
+import argparse
 import logging
 import time
 from dataclasses import dataclass
@@ -18,7 +19,24 @@ from ..errors import UserError
 from ..visualization import class_colors, segmentation_panels
 from .predictor import ViLSegPredictor
 
-__all__ = ["ImageSegmentation", "demo_config", "describe_weights", "segment_image"]
+__all__ = [
+    "ImageSegmentation",
+    "add_model_arguments",
+    "demo_config",
+    "describe_weights",
+    "segment_image",
+]
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """A demo's ``--random-weights`` and ``--opts KEY VALUE ...`` (last: it takes the rest of the
+    command line), read by :func:`demo_config`."""
+    parser.add_argument("--random-weights", action="store_true",
+                        help="segment with untrained weights when neither MODEL.WEIGHTS nor "
+                             "MODEL.OPEN_CLIP.PRETRAINED is set")  # fmt: skip
+    parser.add_argument(
+        "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides, KEY VALUE ..."
+    )
 
 
 def demo_config(config_file: str, opts: Sequence[str] = (), *, random_weights: bool = False):
