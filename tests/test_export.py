@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import onnxruntime
+import PIL
 import pytest
 import torch
 from detectron2.data import transforms as T
@@ -201,6 +202,7 @@ def test_export_writes_the_model_its_classes_and_settings(exported_folder, weigh
     assert record["opset"] == 17 and record["date"] and "REFINE_ITERS: 10" in record["config"]
     assert record["formats"]["onnx"]["bytes"] == os.path.getsize(exported_folder / "model.onnx")
     assert record["preprocessing"]["min_size_test"] == 128
+    assert record["preprocessing"]["pillow"] == PIL.__version__
     check = record["verification"]  # the tool ran the graph in onnxruntime on its sample
     assert check["max_abs_diff"] < 1e-4 and check["label_agreement"] >= 0.999
 
@@ -256,7 +258,10 @@ def test_runtime_labels_equal_the_predictors(exported_folder, weights, images, r
 def test_runtime_resizes_as_detectron2(runtime, size, new_size):
     image = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
     expected = T.ResizeTransform(*size, *new_size).apply_image(image)
-    np.testing.assert_array_equal(runtime.resize_bilinear(image, *new_size), expected)
+    pillow = int(PIL.__version__.split(".")[0])  # the order of the Pillow installed
+    np.testing.assert_array_equal(
+        runtime.resize_bilinear(image, *new_size, pillow=pillow), expected
+    )
     short, longest = min(new_size), 512
     assert runtime.shortest_edge_size(*size, short, longest) == (
         T.ResizeShortestEdge.get_output_shape(*size, short, longest)

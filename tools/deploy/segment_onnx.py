@@ -84,7 +84,8 @@ class ExportedModel:
         p = self.preprocessing
         height, width = rgb.shape[:2]
         new_h, new_w = shortest_edge_size(height, width, p["min_size_test"], p["max_size_test"])
-        image = resize_bilinear(rgb, new_h, new_w)
+        pillow = int(p.get("pillow", "13").split(".")[0])  # exports before the record: 13
+        image = resize_bilinear(rgb, new_h, new_w, pillow=pillow)
         if p["format"] == "BGR":
             image = image[:, :, ::-1]
         image = np.ascontiguousarray(image.astype(np.float32).transpose(2, 0, 1)[None])
@@ -206,14 +207,14 @@ def _resample_axis(image: np.ndarray, out_size: int, axis: int) -> np.ndarray:
     return np.clip(acc >> PRECISION_BITS, 0, 255).astype(np.uint8)
 
 
-def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
+def resize_bilinear(image: np.ndarray, height: int, width: int, *, pillow: int = 13) -> np.ndarray:
     """An H x W x C uint8 image resized as PIL's ``Image.resize(..., BILINEAR)`` resizes it (what
     Detectron2's ``ResizeTransform`` uses), to the same values: one axis after the other, with
-    8-bit rounding in between, in Pillow 13's order (heights first when they shrink by more than
-    twice as many pixels as the widths; earlier Pillow always widths first, which changes a few
-    pixel values by 1)."""
+    8-bit rounding in between, in the order of Pillow's major version ``pillow`` (13 and later:
+    heights first when they shrink by more than twice as many pixels as the widths; earlier:
+    always widths first, which changes a few pixel values by 1)."""
     in_h, in_w = image.shape[:2]
-    heights_first = height < in_h and in_h - height > 2 * (in_w - width)
+    heights_first = pillow >= 13 and height < in_h and in_h - height > 2 * (in_w - width)
     for axis in (0, 1) if heights_first else (1, 0):
         size = height if axis == 0 else width
         if image.shape[axis] != size:

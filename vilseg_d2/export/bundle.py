@@ -27,6 +27,7 @@ import re
 import warnings
 from typing import Dict, Iterator, Optional, Sequence, Tuple
 
+import PIL
 import torch
 from torch import nn
 
@@ -162,6 +163,9 @@ def preprocessing_record(cfg) -> Dict:
         "(Detectron2's ResizeShortestEdge, PIL's bilinear filter)",
         "min_size_test": int(cfg.INPUT.MIN_SIZE_TEST),
         "max_size_test": int(cfg.INPUT.MAX_SIZE_TEST),
+        # Pillow 13 resizes the heights first where they shrink most; earlier ones the widths
+        # first (a few values differ by 1): the runtime follows the Pillow the model ran with.
+        "pillow": PIL.__version__,
         "format": cfg.INPUT.FORMAT,
         "input": "image: 1 x 3 x H x W float32, 0-255, channels in 'format' order; "
         "output_size: int64 (height, width) of the original image",
