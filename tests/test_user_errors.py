@@ -98,6 +98,18 @@ def test_other_mistakes_are_one_message(tmp_path, capsys):
     )
 
 
+def test_web_demo_without_gradio_says_how_to_install_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio: ModuleNotFoundError
+    for name in ("vilseg_d2.app.page", "vilseg_d2.app.server"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    line = run_cli("web_demo", ["--config-file", TINY_CONFIG, "--opts", "MODEL.DEVICE", "cpu"],
+                   capsys)  # fmt: skip
+    assert line == (
+        "web_demo.py: error: The web demo needs Gradio: pip install -e '.[app]' in the "
+        "repository (`make app` does it)."
+    )
+
+
 def test_a_bug_keeps_its_traceback(capsys):
     def broken():
         return {}["no such key"]

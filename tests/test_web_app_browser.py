@@ -1,7 +1,8 @@
 """The web demo in a real browser: headless Chromium (Debian's chromium and chromium-driver, which
 tools/install_browser.sh installs) driven by Selenium loads the page, uploads an image, types a
 vocabulary, runs it, and finds the overlay (the server's picture, pixel for pixel) and the legend;
-a bad vocabulary shows its message on the page. The screenshot is written to the test's folder.
+an example runs on a click; a bad vocabulary shows its message on the page. The screenshot is
+written to the test's folder.
 
 Without the browser the test fails, saying how to install it: it is never skipped."""
 
@@ -21,6 +22,7 @@ from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
 from vilseg_d2.app import cli
+from vilseg_d2.app.examples import example_images
 from vilseg_d2.app.page import segment_request
 
 from helpers import TINY_CONFIG
@@ -95,14 +97,34 @@ def test_segment_an_image_in_the_browser(browser, served, tmp_path):
     browser.save_screenshot(str(tmp_path / "web_demo.png"))
     assert (tmp_path / "web_demo.png").stat().st_size > 10_000
     overlay, shares, _, _, _ = segment_request(web, {"path": str(image)}, VOCABULARY)
-    legend = [row.text for row in rows]
-    expected = [f"{name} {100 * share:.1f}%" for name, share in
-                sorted(shares.items(), key=lambda item: -item[1])]  # fmt: skip
-    assert legend == expected and len(legend) >= 2
+    assert [row.text for row in rows] == expected_rows(shares) and len(rows) >= 2
     assert "Segmented 128 x 128 pixels" in wait_for(browser, "#vilseg-summary").text
     shown = wait_for(browser, "#vilseg-overlay img").get_attribute("src")
     picture = Image.open(io.BytesIO(httpx.get(shown, timeout=30).content)).convert("RGB")
     np.testing.assert_array_equal(np.asarray(picture), overlay)
+
+
+def legend_rows(browser):
+    rows = browser.find_elements(By.CSS_SELECTOR, "#vilseg-legend tbody tr")
+    return [row.text for row in rows]
+
+
+def expected_rows(shares: dict) -> list:
+    return [f"{c} {100 * s:.1f}%" for c, s in sorted(shares.items(), key=lambda x: -x[1])]
+
+
+def test_an_example_runs_on_a_click(browser, served, tmp_path):
+    url, web = served
+    path, vocabulary = example_images(str(tmp_path))[0]  # what the page shows first
+    _, shares, _, _, _ = segment_request(web, {"path": path}, vocabulary)
+    browser.get(url)
+    first = WebDriverWait(browser, 60).until(
+        EC.element_to_be_clickable((By.CSS_SELECTOR, "img[src*='synthetic_val_']"))
+    )
+    first.click()
+    WebDriverWait(browser, 60).until(lambda b: legend_rows(b) == expected_rows(shares))
+    box = browser.find_element(By.CSS_SELECTOR, "#vilseg-vocabulary textarea")
+    assert box.get_attribute("value") == vocabulary
 
 
 def test_a_bad_vocabulary_is_a_message_on_the_page(browser, served):
