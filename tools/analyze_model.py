@@ -57,6 +57,7 @@ from vilseg_d2.analysis import (  # noqa: E402
 from vilseg_d2.analysis.memory import ATTENTION_KERNELS  # noqa: E402
 from vilseg_d2.analysis.planning import DEFAULT_GPU_GIB, GIB  # noqa: E402
 from vilseg_d2.config import get_vilseg_cfg  # noqa: E402
+from vilseg_d2.errors import run_tool  # noqa: E402
 
 logger = logging.getLogger("vilseg_d2.analyze_model")
 
@@ -333,4 +334,4 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

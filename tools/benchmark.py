@@ -100,6 +100,7 @@ from vilseg_d2.benchmark.report import (
 )
 from vilseg_d2.benchmark.training_profile import default_steps, training_profile
 from vilseg_d2.benchmark.worker import clip_comparison, run_worker
+from vilseg_d2.errors import run_tool
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VITB16_CONFIG = os.path.join(REPO, "configs", "vilseg_vitb16.yaml")
@@ -270,4 +271,4 @@ def _training_profile(args, results: Dict, start: float) -> Dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -31,6 +31,7 @@ from detectron2.utils.logger import setup_logger
 from vilseg_d2.config import get_vilseg_cfg
 from vilseg_d2.engine import ViLSegTrainer, load_eval_weights
 from vilseg_d2.engine.centroids import caption_images, fit_dataset_centroids
+from vilseg_d2.errors import run_tool
 from vilseg_d2.modeling.kmeans import save_centroids
 
 logger = logging.getLogger("vilseg_d2.fit_centroids")
@@ -78,4 +79,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -62,6 +62,7 @@ from vilseg_d2.demo import (
     train,
     training_precision,
 )
+from vilseg_d2.errors import run_tool
 from vilseg_d2.modeling.text_encoder import check_caption_lengths
 
 logger = logging.getLogger("vilseg_demo")
@@ -173,4 +174,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

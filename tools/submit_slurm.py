@@ -37,6 +37,7 @@ from vilseg_d2.engine.slurm import (  # noqa: E402
     plan_job,
     submit,
 )
+from vilseg_d2.errors import run_tool  # noqa: E402
 
 TRAIN_NET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_net.py")
 
@@ -175,4 +176,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))
