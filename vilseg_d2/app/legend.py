@@ -5,7 +5,7 @@ text: they are escaped, never read as HTML."""
 from __future__ import annotations
 
 import html
-from typing import List
+from typing import List, Sequence
 
 from .segmenter import WebResult
 
@@ -50,8 +50,9 @@ def legend_html(result: WebResult) -> str:
     )
 
 
-def summary_markdown(result: WebResult) -> str:
-    """One line of what was done and how long it took, then the notes."""
+def summary_markdown(result: WebResult, input_notes: Sequence[str] = ()) -> str:
+    """One line of what was done and how long it took, then the notes (the input's first, e.g. a
+    downscaled image, then the result's)."""
     segmentation = result.segmentation
     height, width = segmentation.labels.shape
     lines = [
@@ -59,5 +60,5 @@ def summary_markdown(result: WebResult) -> str:
         f"**{segmentation.seconds:.2f} s** ({result.settings.describe()}); drawn in "
         f"{result.draw_seconds:.2f} s."
     ]
-    lines += [f"- {note}" for note in result.notes]
+    lines += [f"- {note}" for note in (*input_notes, *result.notes)]
     return "\n".join(lines)

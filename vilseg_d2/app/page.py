@@ -80,9 +80,9 @@ def segment_request(
                        print_exception=False) from None  # fmt: skip
     for note in notes:
         gr.Warning(html.escape(note, quote=False))
-    result.notes[:0] = notes
     shares = result.segmentation.shares()
-    return result.overlay, shares, result.cluster_map, legend_html(result), summary_markdown(result)
+    summary = summary_markdown(result, notes)
+    return result.overlay, shares, result.cluster_map, legend_html(result), summary
 
 
 def _introduction(web: WebSegmenter, model_name: str) -> str:
