@@ -115,7 +115,7 @@ def test_ablation_runs_are_the_papers_table_2_columns():
     assert len(set(folders)) == 3  # each model trains (and resumes) in its own folder
     assert runs["ViL-Seg"][1:] == ((), ("online",))
     _, extra, modes = runs["ViL-Seg w/o clustering head"]
-    assert modes == ("kmeans",)
+    assert modes == ("kmeans_dataset", "kmeans")
     model = build_model(
         tiny_cfg(**{k.replace(".", "__"): v for k, v in zip(extra[::2], extra[1::2])})
     )
@@ -150,9 +150,10 @@ def test_eval_config_carries_the_rows_inference(tmp_path):
     assert written.OUTPUT_DIR == str(tmp_path / "eval" / "eval_kmeans_unrefined")
 
 
-def test_ablation_seeds_resume_the_shared_l_cross_checkpoint(tmp_path):
-    """Every column and seed starts at the iteration after the main run's L_cross phase, from its
-    checkpoint; the seeds change the batches; the table reports mean ± sample std; a second run
+def test_whole_runs_and_ablation_branch_from_each_seeds_own_l_cross_phase(tmp_path):
+    """--ablation --seeds 2: a whole run per seed (the demo's own is SEED 1), and every Table 2
+    column of a seed starts after that seed's L_cross phase, from its checkpoint; the seeds change
+    the batches; the tables report mean ± sample std and the paired differences; a second run
     reuses every recorded run."""
     generate_synthetic_world(
         str(tmp_path / "synthetic"), num_train=24, num_val=2, seed=0, num_workers=0
@@ -161,41 +162,70 @@ def test_ablation_seeds_resume_the_shared_l_cross_checkpoint(tmp_path):
     schedule = ["SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "4", "SOLVER.STEPS", "(2,)",
                 "SOLVER.WARMUP_ITERS", "0", "SOLVER.CHECKPOINT_PERIOD", "2",
                 "MODEL.VILSEG.AUX_WARMUP_ITERS", "(2, 2)", "MODEL.VILSEG.REFINE_ITERS", "0",
+                "MODEL.VILSEG.CENTROID_IMAGES", "6",
                 "DATALOADER.NUM_WORKERS", "0", "SOLVER.LOG_PERIOD", "1"]  # fmt: skip
     demo = [sys.executable, f"{ROOT}/tools/run_demo.py", "--output", str(out), "--precision",
             "fp32", "--calibration-images", "0", "--pictures", "1"]  # fmt: skip
     run([*demo, "--ablation", "--seeds", "2", *schedule], tmp_path)
 
     main = training_metrics(out / "train")
-    assert sorted(main) == [0, 1, 2, 3]
-    ablation = json.loads((out / "metrics.json").read_text())["ablation"]
-    assert ablation["seeds"] == [1, 2] and ablation["start"].endswith("model_0000001.pth")
+    second = training_metrics(out / "seeds" / "seed2" / "train")
+    assert sorted(main) == sorted(second) == [0, 1, 2, 3]  # two whole runs
+    assert main[0]["total_loss"] != second[0]["total_loss"]  # from other initial weights
+    metrics = json.loads((out / "metrics.json").read_text())
+    spread = metrics["whole_runs"]
+    assert spread["seeds"] == [1, 2]
+    online = spread["ViL-Seg"]["online"]
+    assert online["seeds"][0]["mIoU"] == metrics["ViL-Seg"]["online"]["mIoU"]
+    assert online["mIoU_std"] == pytest.approx(np.std([s["mIoU"] for s in online["seeds"]], ddof=1))
+    assert set(spread["ViL-Seg"]) == {"online", "kmeans", "dense"}
+
+    ablation = metrics["ablation"]
+    assert ablation["seeds"] == [1, 2]
+    assert ablation["starts"] == [
+        str(out / "train" / "model_0000001.pth"),
+        str(out / "seeds" / "seed2" / "train" / "model_0000001.pth"),
+    ]
     for sub in ("vilseg", "no_vision", "no_cluster"):
         seed1, seed2 = (training_metrics(out / "ablation" / f"{sub}_seed{s}") for s in (1, 2))
-        assert sorted(seed1) == sorted(seed2) == [2, 3]  # resumed after the shared phase
-        assert seed1[2]["loss_cross"] != seed2[2]["loss_cross"]  # other batches
+        assert sorted(seed1) == sorted(seed2) == [2, 3]  # resumed after the seed's own phase
+        assert seed1[2]["loss_cross"] != seed2[2]["loss_cross"]
         assert seed1[3]["lr"] == pytest.approx(main[3]["lr"])  # the schedule goes on
     log = (out / "demo_log.txt").read_text()
-    assert log.count(f"Loading from {ablation['start']}") == 6  # 3 columns x 2 seeds
+    for start in ablation["starts"]:
+        assert log.count(f"Loading from {start}") == 3  # the seed's 3 columns
+    no_head = ablation["ViL-Seg w/o clustering head"]
+    assert set(no_head) == {"kmeans_dataset", "kmeans"}
+    for seed in (1, 2):  # the dataset-level rows' centroids, fit beside each model
+        folder = out / "ablation" / f"no_cluster_seed{seed}"
+        assert (folder / "centroids.pth").is_file()
+        written = (folder / "eval_kmeans_dataset.yaml").read_text()
+        assert f"DATASET_CENTROIDS: {folder / 'centroids.pth'}" in written
     for column, row in (
         ("ViL-Seg", "online"),
         ("ViL-Seg w/o L_vision", "online"),
         ("ViL-Seg w/o clustering head", "kmeans"),
+        ("ViL-Seg w/o clustering head", "kmeans_dataset"),
     ):
         r = ablation[column][row]
         values = [s["mIoU"] for s in r["seeds"]]
         assert r["mIoU_mean"] == pytest.approx(np.mean(values))
         assert r["mIoU_std"] == pytest.approx(np.std(values, ddof=1))
+    differences = {(d["column"], d["row"]): d for d in metrics["differences"]}
+    d = differences[("ViL-Seg w/o clustering head", "kmeans_dataset")]
+    base = [s["mIoU"] for s in ablation["ViL-Seg"]["online"]["seeds"]]
+    rows = [s["mIoU"] for s in no_head["kmeans_dataset"]["seeds"]]
+    assert d["differences"] == pytest.approx([a - b for a, b in zip(rows, base)])
     table = (out / "results.md").read_text()
+    assert "Whole runs (mean ± sample std over SEED 1, 2)" in table
     assert "Table 2 (mean ± sample std over SEED 1, 2)" in table
-    assert table.count(" ± ") >= 9  # three metrics for each of the three columns
+    assert "Paired differences per seed" in table
 
     # Run again: every run is recorded beside its model, so nothing is trained or evaluated anew.
     run([*demo, "--ablation", "--seeds", "2", *schedule], tmp_path)
     again = (out / "demo_log.txt").read_text()[len(log) :]
-    assert (
-        again.count("Recorded results of") == 6 and "Loading from " + ablation["start"] not in again
-    )
+    assert again.count("Recorded results of") == 7  # the second whole run and 6 columns
+    assert not any(f"Loading from {start}" in again for start in ablation["starts"])
     assert json.loads((out / "metrics.json").read_text())["ablation"] == ablation
 
 

@@ -10,11 +10,15 @@
    (online = the paper, K-means, dense per-pixel matching), each with the background rules
    (``MODEL.VILSEG.BG_THRESHOLD``, ``BG_GLOBAL_SIMILARITY``) that scored best on a second,
    held-out synthetic world (seed 1; its masks are never the reported ones);
-4. with ``--ablation``, the paper's Table 2 with error bars: ViL-Seg (online), without L_vision
-   (online) and without the clustering head (L_cluster off; K-means), each trained ``--seeds``
-   times (SEED 1, 2, ...) from the model's own end of the L_cross phase (the weights of its
-   checkpoint at iteration ``AUX_WARMUP_ITERS[0] - 1``, a fresh optimizer): the seeds vary only
-   the phase with all three objectives. Mean and sample standard deviation over the seeds;
+4. with ``--spread``, the recipe's whole-run spread: ``--seeds`` whole runs (the demo's SEED and
+   the ones after it, every iteration trained anew), every row's mean and sample standard
+   deviation, and for each run a diagnosis on the held-out world (L_cross at the end of its
+   phase, the clusters' use and purity, the mIoU without colours);
+   with ``--ablation``, also the paper's Table 2 over those seeds: ViL-Seg (online), without
+   L_vision (online) and without the clustering head (L_cluster off; dataset-level and per-image
+   K-means), each trained from its seed's own end of the L_cross phase in its whole run (the
+   weights of its checkpoint at iteration ``AUX_WARMUP_ITERS[0] - 1``, a fresh optimizer) with
+   that SEED. Mean ± sample std per column, and each column's paired differences to ViL-Seg;
 5. with ``--self-training``, "ViL-Seg + ST": the model, with its own inference (``config.yaml``),
    pseudo-labels the first ``--st-images`` caption images (captions unused; other images than
    the validation ones), keeping per class the ``--st-keep`` most confident share of its pixels,
@@ -52,15 +56,20 @@ from vilseg_d2.data import generate_synthetic_world, register_synthetic_world
 from vilseg_d2.demo import (
     MODES,
     ablation_table,
+    diagnose,
+    differences_table,
     draw_pictures,
     evaluate_rows,
     held_out_world,
     make_cfg,
+    paired_differences,
+    placement,
     results_table,
     run_ablation,
     self_training,
     train,
     training_precision,
+    whole_runs,
 )
 from vilseg_d2.errors import run_tool
 from vilseg_d2.modeling.text_encoder import check_caption_lengths
@@ -80,7 +89,14 @@ def parse_args(argv=None):
         action="store_true",
         help="also the paper's Table 2: ViL-Seg, w/o L_vision and w/o clustering head over seeds",
     )
-    p.add_argument("--seeds", type=int, default=3, help="seeds per --ablation column")
+    p.add_argument(
+        "--spread",
+        action="store_true",
+        help="also whole runs of the recipe over --seeds seeds: each row's mean ± std",
+    )
+    p.add_argument(
+        "--seeds", type=int, default=3, help="whole runs (--spread) and seeds per --ablation column"
+    )
     p.add_argument(
         "--self-training",
         action="store_true",
@@ -139,23 +155,30 @@ def main(argv=None):
         held_out_world(args.data, args.calibration_images) if args.calibration_images > 0 else None
     )
     model, seconds = train(cfg)
-    metrics = {"ViL-Seg": {"train_seconds": seconds}}
-    metrics["ViL-Seg"].update(evaluate_rows(cfg, model, MODES, held_out, classes))
+    rows = evaluate_rows(cfg, model, MODES, held_out, classes)
+    metrics = {"ViL-Seg": {"train_seconds": seconds, **rows}}
+    metrics["diagnosis"] = diagnose(cfg, model, held_out, classes) if held_out else None
     draw_pictures(cfg, model, os.path.join(args.output, "pictures"), args.pictures)
     if args.self_training:
         metrics["ViL-Seg + ST"] = self_training(args, cfg)
+    if args.spread or args.ablation:
+        record = {"rows": rows, "diagnosis": metrics["diagnosis"]}
+        metrics["whole_runs"] = whole_runs(args, cfg, record, held_out, classes)
     if args.ablation:
         metrics["ablation"] = run_ablation(args, cfg, held_out, classes)
+        metrics["differences"] = paired_differences(
+            metrics["ablation"], metrics["whole_runs"]["ViL-Seg"]
+        )
     metrics["wall_seconds"] = time.perf_counter() - t0
 
     table = results_table(metrics, cfg.MODEL.VILSEG)
-    if args.ablation:
-        table += (
-            "\n\nTable 2 (mean ± sample std over SEED "
-            + ", ".join(str(s) for s in metrics["ablation"]["seeds"])
-            + "):\n"
-            + ablation_table(metrics["ablation"])
-        )
+    for key, title in (("whole_runs", "Whole runs"), ("ablation", "Table 2")):
+        if key in metrics:
+            seeds = ", ".join(str(s) for s in metrics[key]["seeds"])
+            table += f"\n\n{title} (mean ± sample std over SEED {seeds}):\n"
+            table += ablation_table(metrics[key])
+    if "differences" in metrics:
+        table += "\n\nPaired differences per seed:\n" + differences_table(metrics["differences"])
     with open(os.path.join(args.output, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     with open(os.path.join(args.output, "results.md"), "w") as f:
@@ -166,6 +189,9 @@ def main(argv=None):
         "again with:\n"
         f"  tools/train_net.py --config-file {metrics['ViL-Seg']['online']['config']} --eval-only"
     )
+    where = placement(metrics["ViL-Seg"])
+    if where:
+        print("\n" + where)
     print(
         f"\nwall time {metrics['wall_seconds'] / 60:.1f} min; metrics, table and pictures in "
         f"{args.output}"

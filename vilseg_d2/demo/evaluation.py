@@ -17,12 +17,15 @@ from PIL import Image
 
 from ..data import generate_synthetic_world
 from ..engine import ViLSegTrainer
+from ..engine.centroids import caption_images, fit_dataset_centroids
+from ..modeling.kmeans import load_centroids, save_centroids
 from ..modeling.reuse import reuse_image_features
 from ..visualization import segmentation_panels
 from .training import write_eval_config
 
 logger = logging.getLogger("vilseg_demo")
 MODES = ("online", "kmeans", "dense")
+CENTROIDS_FILE = "centroids.pth"  # beside the model: the "kmeans_dataset" rows' centroids
 # The background rules tried on the held-out world (BG_THRESHOLD, BG_GLOBAL_SIMILARITY).
 BACKGROUND_GRID = list(itertools.product((0.9, 0.95, 0.98, 0.995), (0.0, 0.6, 0.7, 0.8)))
 STUDENT = "student: SemSegFPNHead"
@@ -107,15 +110,41 @@ def evaluate(cfg, model, mode) -> dict:
     return res
 
 
+def fit_centroids(cfg, model) -> str:
+    """Give ``model`` the centroids of dataset-level K-means ("kmeans_dataset"), fit as
+    ``tools/fit_centroids.py`` does (``MODEL.VILSEG.CENTROID_IMAGES`` caption-training images,
+    never the evaluation images) into ``<OUTPUT_DIR>/centroids.pth``; a file newer than the
+    model's final weights is reused. Returns its path."""
+    path = os.path.join(cfg.OUTPUT_DIR, CENTROIDS_FILE)
+    final = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+    v = cfg.MODEL.VILSEG
+    if not os.path.isfile(path) or os.path.getmtime(path) < os.path.getmtime(final):
+        images = caption_images(cfg, int(v.CENTROID_IMAGES), int(v.CENTROID_SEED))
+        with one_thread():
+            fitted = fit_dataset_centroids(
+                model, images, num_clusters=model.num_clusters, seed=int(v.CENTROID_SEED)
+            )
+        save_centroids(path, fitted["centroids"], weights=final, images=fitted["images"],
+                       pixels=fitted["pixels"], seed=int(v.CENTROID_SEED))  # fmt: skip
+    model.segmenter.dataset_centroids = load_centroids(path, model.num_clusters)["centroids"].to(
+        model.device
+    )
+    return path
+
+
 def evaluate_rows(cfg, model, modes, held_out, classes) -> dict:
     """Evaluate ``model`` in each of ``modes``, with the config's mask refinement and, when it
     has one, without (the paper's inference), each with the background rules that scored best on
-    ``held_out`` (None: the config's). Writes each row's ``eval_<row>.yaml`` and the first's
+    ``held_out`` (None: the config's). "kmeans_dataset" first fits its centroids
+    (:func:`fit_centroids`). Writes each row's ``eval_<row>.yaml`` and the first's
     ``config.yaml`` beside the model; returns {row: SemSegEvaluator results + "background",
     "refine_iters", "mode", "config"}."""
     refinements = (cfg.MODEL.VILSEG.REFINE_ITERS, 0) if cfg.MODEL.VILSEG.REFINE_ITERS else (0,)
     rows = {}
+    centroids = ""
     for mode in modes:
+        if mode == "kmeans_dataset":
+            centroids = fit_centroids(cfg, model)
         for iters in refinements:
             model.refine_iters = iters
             with one_thread():
@@ -123,12 +152,13 @@ def evaluate_rows(cfg, model, modes, held_out, classes) -> dict:
                     calibrate_background(model, mode, held_out, classes) if held_out else None
                 )
                 result = evaluate(cfg, model, mode)
-            row = mode if iters == refinements[0] else f"{mode}_unrefined"
-            config = write_eval_config(cfg, model, f"eval_{row}")
-            if row == modes[0]:  # the model's own inference: config.yaml beside it
-                config = write_eval_config(cfg, model, "config")
+            refined = iters == refinements[0]
+            name = f"eval_{mode}" if refined else f"eval_{mode}_unrefined"
+            config = write_eval_config(cfg, model, name, centroids)
+            if refined and mode == modes[0]:  # the model's own inference: config.yaml beside it
+                config = write_eval_config(cfg, model, "config", centroids)
             result.update(background=background, refine_iters=iters, mode=mode, config=config)
-            rows[row.replace("_", ", ")] = result
+            rows[mode if refined else f"{mode}, unrefined"] = result
     first = next(iter(rows.values()))  # the model leaves with its own inference, as config.yaml
     model.inference_mode, model.refine_iters = first["mode"], first["refine_iters"]
     if first["background"]:

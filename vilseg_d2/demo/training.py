@@ -98,9 +98,10 @@ def train(cfg, branch: str = ""):
     return getattr(model, "module", model), time.perf_counter() - start
 
 
-def write_eval_config(cfg, model, name: str) -> str:
+def write_eval_config(cfg, model, name: str, centroids: str = "") -> str:
     """Write ``<OUTPUT_DIR>/<name>.yaml``: the training config with the model's current inference
-    (mode, refinement, background rules) and its final weights, so that
+    (mode, refinement, background rules, and the ``centroids`` file of "kmeans_dataset") and its
+    final weights, so that
     ``tools/train_net.py --config-file <it> --eval-only`` evaluates the model as the demo did.
     Returns the path."""
     out = cfg.clone()
@@ -110,6 +111,8 @@ def write_eval_config(cfg, model, name: str) -> str:
     v = out.MODEL.VILSEG
     v.INFERENCE_MODE, v.REFINE_ITERS = model.inference_mode, model.refine_iters
     v.BG_THRESHOLD, v.BG_GLOBAL_SIMILARITY = model.bg_threshold, model.bg_global_similarity
+    if model.inference_mode == "kmeans_dataset":
+        v.DATASET_CENTROIDS = centroids
     path = os.path.join(cfg.OUTPUT_DIR, f"{name}.yaml")
     with open(path, "w") as f:
         f.write(out.dump())
