@@ -15,7 +15,6 @@ are the dataset's, not adapted per image.
 """
 
 import argparse
-import logging
 import os
 import sys
 
@@ -30,11 +29,8 @@ from detectron2.utils.logger import setup_logger
 
 from vilseg_d2.config import get_vilseg_cfg
 from vilseg_d2.engine import ViLSegTrainer, load_eval_weights
-from vilseg_d2.engine.centroids import caption_images, fit_dataset_centroids
+from vilseg_d2.engine.centroids import write_dataset_centroids
 from vilseg_d2.errors import run_tool
-from vilseg_d2.modeling.kmeans import save_centroids
-
-logger = logging.getLogger("vilseg_d2.fit_centroids")
 
 
 def parse_args(argv=None):
@@ -50,24 +46,7 @@ def fit(cfg, output: str, iters: int = 100) -> dict:
     """Build the model of ``cfg`` with its weights, fit the centroids, write ``output``."""
     model = ViLSegTrainer.build_model(cfg)
     load_eval_weights(cfg, model)
-    v = cfg.MODEL.VILSEG
-    images = caption_images(cfg, int(v.CENTROID_IMAGES), int(v.CENTROID_SEED))
-    fitted = fit_dataset_centroids(
-        model, images, num_clusters=int(v.NUM_CLUSTERS), iters=iters, seed=int(v.CENTROID_SEED)
-    )
-    info = {
-        "weights": cfg.MODEL.WEIGHTS,
-        "datasets": list(cfg.DATASETS.TRAIN),
-        "images": fitted["images"],
-        "pixels": fitted["pixels"],
-        "seed": int(v.CENTROID_SEED),
-    }
-    save_centroids(output, fitted["centroids"], **info)
-    logger.info(
-        f"Wrote {tuple(fitted['centroids'].shape)} centroids from {fitted['pixels']} pixel "
-        f"embeddings of {fitted['images']} images of {', '.join(info['datasets'])} to {output}."
-    )
-    return info
+    return write_dataset_centroids(cfg, model, output, weights=cfg.MODEL.WEIGHTS, iters=iters)
 
 
 def main(argv=None):

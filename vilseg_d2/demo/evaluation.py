@@ -17,8 +17,8 @@ from PIL import Image
 
 from ..data import generate_synthetic_world
 from ..engine import ViLSegTrainer
-from ..engine.centroids import caption_images, fit_dataset_centroids
-from ..modeling.kmeans import load_centroids, save_centroids
+from ..engine.centroids import write_dataset_centroids
+from ..modeling.kmeans import load_centroids
 from ..modeling.reuse import reuse_image_features
 from ..visualization import segmentation_panels
 from .training import write_eval_config
@@ -117,15 +117,9 @@ def fit_centroids(cfg, model) -> str:
     model's final weights is reused. Returns its path."""
     path = os.path.join(cfg.OUTPUT_DIR, CENTROIDS_FILE)
     final = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
-    v = cfg.MODEL.VILSEG
     if not os.path.isfile(path) or os.path.getmtime(path) < os.path.getmtime(final):
-        images = caption_images(cfg, int(v.CENTROID_IMAGES), int(v.CENTROID_SEED))
         with one_thread():
-            fitted = fit_dataset_centroids(
-                model, images, num_clusters=model.num_clusters, seed=int(v.CENTROID_SEED)
-            )
-        save_centroids(path, fitted["centroids"], weights=final, images=fitted["images"],
-                       pixels=fitted["pixels"], seed=int(v.CENTROID_SEED))  # fmt: skip
+            write_dataset_centroids(cfg, model, path, weights=final)
     model.segmenter.dataset_centroids = load_centroids(path, model.num_clusters)["centroids"].to(
         model.device
     )

@@ -15,9 +15,14 @@ from ..data.build import build_caption_train_loader
 from ..data.image_io import decode_image
 from ..data.skip_tracker import BadRecordError
 from ..modeling.inputs import inference_image
-from ..modeling.kmeans import kmeans
+from ..modeling.kmeans import kmeans, save_centroids
 
-__all__ = ["CentroidImageMapper", "caption_images", "fit_dataset_centroids"]
+__all__ = [
+    "CentroidImageMapper",
+    "caption_images",
+    "fit_dataset_centroids",
+    "write_dataset_centroids",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -84,3 +89,27 @@ def fit_dataset_centroids(model, images, *, num_clusters: int, iters: int = 100,
     logger.info(f"K-means (k={num_clusters}) on {len(pixels)} pixel embeddings of {count} images.")
     _, centroids = kmeans(pixels, num_clusters, iters, seed)
     return {"centroids": centroids, "pixels": len(pixels), "images": count}
+
+
+def write_dataset_centroids(cfg, model, output: str, *, weights: str, iters: int = 100) -> Dict:
+    """Fit the centroids of ``model`` (with its weights loaded from ``weights``) on
+    ``MODEL.VILSEG.CENTROID_IMAGES`` images of ``cfg``'s caption datasets, drawn with
+    ``CENTROID_SEED``, and write them to ``output``. Returns what the file records besides them."""
+    v = cfg.MODEL.VILSEG
+    images = caption_images(cfg, int(v.CENTROID_IMAGES), int(v.CENTROID_SEED))
+    fitted = fit_dataset_centroids(
+        model, images, num_clusters=int(v.NUM_CLUSTERS), iters=iters, seed=int(v.CENTROID_SEED)
+    )
+    info = {
+        "weights": weights,
+        "datasets": list(cfg.DATASETS.TRAIN),
+        "images": fitted["images"],
+        "pixels": fitted["pixels"],
+        "seed": int(v.CENTROID_SEED),
+    }
+    save_centroids(output, fitted["centroids"], **info)
+    logger.info(
+        f"Wrote {tuple(fitted['centroids'].shape)} centroids from {fitted['pixels']} pixel "
+        f"embeddings of {fitted['images']} images of {', '.join(info['datasets'])} to {output}."
+    )
+    return info
